@@ -1,0 +1,48 @@
+"""The algorithm registry: ``algo.name`` in a config → its config dataclass and how to build it.
+
+Each algorithm is one module that reads top to bottom (config dataclass first, then the learner). A
+builder turns the experiment's config into ``(TaskSampler, MetaLearner)``; it is the only place that knows
+how an algorithm meets its data (rollouts of a task family, or episodes of a data set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from metarl.algorithms.maml_rl import MAMLRL, MAMLRLConfig
+from metarl.core import MetaLearner, TaskSampler
+from metarl.families import FamilyTaskSampler, env_factory, horizon_of
+from metarl.rollouts import RolloutSampler
+
+Builder = Callable[[Any, Any, torch.device, int], tuple[TaskSampler, MetaLearner]]
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """An entry of the registry: its config type, a one-line summary and its builder."""
+
+    config_type: type
+    summary: str
+    build: Builder
+
+
+def _build_maml_rl(
+    algo: MAMLRLConfig, env: Any, device: torch.device, seed: int
+) -> tuple[TaskSampler, MetaLearner]:
+    make_env = env_factory(env.id, env.kwargs, env.max_episode_steps)
+    probe = make_env()
+    sampler = RolloutSampler(make_env, horizon_of(probe), algo.rollouts_per_task, device, seed)
+    return FamilyTaskSampler(probe), MAMLRL(algo, sampler, seed)
+
+
+ALGORITHMS: dict[str, AlgorithmSpec] = {
+    "maml_rl": AlgorithmSpec(
+        MAMLRLConfig,
+        "MAML with a second-order VPG inner loop and an Adam outer loop (Finn et al. 2017)",
+        _build_maml_rl,
+    ),
+}

@@ -1,0 +1,251 @@
+"""Experiment configs: TOML files validated into typed, frozen dataclasses.
+
+An experiment file has three tables::
+
+    [run]                      # RunConfig: budget, seed, device, evaluation schedule
+    iterations = 150
+    [env]                      # EnvConfig: the task family
+    id = "metarl/Navigation2D-v0"
+    [algo]                     # the algorithm's own config dataclass, chosen by `name`
+    name = "maml_rl"
+    outer_lr = 3e-3
+
+Every key is checked against the dataclass it lands in: an unknown key, a value of the wrong type or out of
+range raises :class:`ConfigError` with one line naming the key and the valid choices. Configs are data:
+values are parsed by ``tomllib`` and never evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from metarl.errors import ConfigError
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How long to train and how to evaluate.
+
+    Attributes:
+        iterations: meta-iterations (meta-batches) to train for.
+        seed: the run's seed; every generator of the run derives from it.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        eval_every: meta-iterations between held-out evaluations (the last iteration is always evaluated).
+        eval_tasks: number of held-out tasks (40 in the MAML paper).
+        eval_steps: adaptation steps of the held-out adaptation curve (0..eval_steps).
+        eval_seed: seed of the fixed held-out task set (the same for every run, so runs are comparable).
+        checkpoint_every: meta-iterations between checkpoints of the latest state.
+        num_threads: torch CPU threads (0: torch's default). 1 by default: the small networks and batched
+            environments of meta-RL gain nothing from intra-op threads on CPU, and a second thread that
+            competes with other processes for a core can slow an iteration down tenfold.
+    """
+
+    iterations: int = 500
+    seed: int = 0
+    device: Device = "auto"
+    eval_every: int = 25
+    eval_tasks: int = 40
+    eval_steps: int = 3
+    eval_seed: int = 0
+    checkpoint_every: int = 1
+    num_threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "eval_every", "eval_tasks", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_steps", "num_threads", "seed", "eval_seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """The task family.
+
+    Attributes:
+        id: a registered id (``metarl list`` shows them) or ``"module:Class"`` of your own family.
+        kwargs: constructor keyword arguments of the family (its conventions: ranges, costs, …).
+        max_episode_steps: horizon override (default: the registration's).
+    """
+
+    id: str = "metarl/Navigation2D-v0"
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    max_episode_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_episode_steps is not None and self.max_episode_steps < 1:
+            raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment: ``run``, ``env`` and ``algo`` (``algo_name`` selects the algorithm)."""
+
+    run: RunConfig
+    env: EnvConfig
+    algo_name: str
+    algo: Any
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run": dataclasses.asdict(self.run),
+            "env": dataclasses.asdict(self.env),
+            "algo": {"name": self.algo_name, **dataclasses.asdict(self.algo)},
+        }
+
+
+# -- validation ----------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + str(list(typing.get_args(tp)))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
+    if origin is tuple:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a table"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; returns the value in the dataclass's form."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not valid; valid: {', '.join(map(str, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(tp):
+            return None  # JSON null (a resolved config read back from a run dir)
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp!r}")  # a bug in a config class, not user input
+
+
+def build_dataclass(cls: type, data: dict[str, Any], section: str) -> Any:
+    """Instantiate ``cls`` from ``data``, validating every key, type and value."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{section}] must be a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ConfigError(f"unknown key '{section}.{key}'; valid: {', '.join(sorted(fields))}")
+        values[key] = _coerce(value, hints[key], f"{section}.{key}")
+    try:
+        return cls(**values)
+    except ValueError as exc:
+        raise ConfigError(f"{section}.{exc}") from None
+
+
+def parse_override(assignment: str) -> tuple[list[str], Any]:
+    """``"algo.inner_lr=0.05"`` → ``(["algo", "inner_lr"], 0.05)``; the value is parsed as TOML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. algo.inner_lr=0.05")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    return key.strip().split("."), value
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {exc}") from None
+
+
+def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> ExperimentConfig:
+    """Validate a raw config (from TOML or a run dir's ``config.json``) after applying ``--set`` overrides."""
+    from metarl.algorithms import ALGORITHMS  # late import: algorithms register their configs
+
+    raw = {section: dict(table) if isinstance(table, dict) else table for section, table in raw.items()}
+    for assignment in overrides:
+        keys, value = parse_override(assignment)
+        if len(keys) < 2:
+            raise ConfigError(f"--set {assignment!r}: keys look like SECTION.KEY; sections: run, env, algo")
+        table = raw.setdefault(keys[0], {})
+        for k in keys[1:-1]:
+            if not isinstance(table, dict):
+                break
+            table = table.setdefault(k, {})
+        if isinstance(table, dict):
+            table[keys[-1]] = value
+    unknown = set(raw) - {"run", "env", "algo"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; valid: algo, env, run")
+    algo = dict(raw.get("algo", {}))
+    name = algo.pop("name", None)
+    if name not in ALGORITHMS:
+        raise ConfigError(f"algo.name {name!r} is not an algorithm; valid: {', '.join(ALGORITHMS)}")
+    return ExperimentConfig(
+        run=build_dataclass(RunConfig, raw.get("run", {}), "run"),
+        env=build_dataclass(EnvConfig, raw.get("env", {}), "env"),
+        algo_name=name,
+        algo=build_dataclass(ALGORITHMS[name].config_type, algo, "algo"),
+    )
+
+
+def diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved config dicts."""
+    keys = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += diff(va, vb, f"{prefix}{key}.")
+        elif _normalise(va) != _normalise(vb):
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def _normalise(value: Any) -> Any:
+    return [_normalise(v) for v in value] if isinstance(value, list | tuple) else value

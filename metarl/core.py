@@ -1,0 +1,124 @@
+"""The two interfaces of metarl. Read this file first.
+
+Meta-learning alternates two loops. The *inner* loop adapts a learner to one task from a little task data
+(a few rollouts, a support set); the *outer* loop improves the learner so that this adaptation works well on
+new tasks. Every meta-learner in metarl — MAML-RL, RL², MAML/ProtoNets/Matching Nets on few-shot
+classification — is written against the same small interface (after garage's ``MetaRLAlgorithm`` and
+learn2learn's ``adapt`` API):
+
+=====================  ===========================  ===================  ==========================
+                        support data                 ``adapt`` returns    ``evaluate`` measures
+=====================  ===========================  ===================  ==========================
+MAML-RL                 rollouts of the current      fast weights         return of fresh rollouts
+                        (adapted) policy
+RL²                     one more episode of the      the hidden state     return of the next episode
+                        trial
+few-shot classifiers    the N-way K-shot support     fast weights /       accuracy on the query set
+                        set                          prototypes
+=====================  ===========================  ===================  ==========================
+
+``TaskSampler`` is where tasks come from: the task family's train/test splits for RL, an N-way K-shot
+episode sampler for supervised learning. The trainer (``metarl.run``) only ever calls
+``TaskSampler.sample`` and ``MetaLearner.meta_update``; the evaluator (``metarl.evaluation``) only calls
+``initial``/``support``/``adapt``/``evaluate``. Everything is batched: a call receives *all* tasks of a
+meta-batch and processes them together (``vmap`` over tasks, one batched rollout), so a meta-batch can later
+be sharded across processes without touching the algorithms.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+
+from envs.base import Task
+
+Adapted = TypeVar("Adapted")
+Support = TypeVar("Support")
+
+
+class TaskSampler(abc.ABC):
+    """Draws batches of tasks from a split (``"train"`` or ``"test"``) of a task distribution."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, *, split: str, rng: np.random.Generator) -> list[Task]:
+        """``n`` tasks of ``split``, drawn with ``rng`` (the run's generator: it makes runs reproducible)."""
+
+    @abc.abstractmethod
+    def held_out(self, n: int, *, seed: int) -> list[Task]:
+        """The fixed held-out evaluation tasks: the same ``(n, seed)`` always gives the same list."""
+
+    @abc.abstractmethod
+    def task_from_dict(self, data: dict[str, Any]) -> Task:
+        """Rebuild a task written with ``Task.to_dict`` (the run dir stores held-out tasks as JSON)."""
+
+
+class MetaLearner(abc.ABC, Generic[Support, Adapted]):
+    """A learner that adapts to a task from a little data, and a meta-update that improves adaptation.
+
+    Attributes:
+        device: where every tensor of the learner lives.
+        metric_name: what ``evaluate`` returns per task (``"return"``, ``"accuracy"``, ``"mse"``).
+        higher_is_better: orientation of that metric (used to keep the best checkpoint).
+    """
+
+    device: torch.device
+    metric_name: str = "return"
+    higher_is_better: bool = True
+
+    # -- the inner loop (adaptation), used by the evaluator and inside meta_update -------------------
+    @abc.abstractmethod
+    def initial(self, tasks: Sequence[Task]) -> Adapted:
+        """The un-adapted learner for each task (meta-parameters, empty memory, zero hidden state)."""
+
+    @abc.abstractmethod
+    def support(self, tasks: Sequence[Task], adapted: Adapted, step: int) -> Support:
+        """Collect the data of adaptation step ``step`` (0-based) for every task."""
+
+    @abc.abstractmethod
+    def adapt(self, adapted: Adapted, support: Support, step: int) -> Adapted:
+        """One adaptation step from ``support`` (batched over tasks)."""
+
+    @abc.abstractmethod
+    def evaluate(self, tasks: Sequence[Task], adapted: Adapted) -> torch.Tensor:
+        """The metric of the adapted learner on fresh query data: a ``[num_tasks]`` tensor."""
+
+    # -- the outer loop ------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def meta_update(self, tasks: Sequence[Task]) -> dict[str, float]:
+        """One meta-training iteration on a meta-batch of tasks; returns scalar metrics.
+
+        Keys are TensorBoard tags (``meta_train/…``, ``losses/…``, ``time/…``) and must include
+        ``"env_steps"`` (environment steps, or examples seen for supervised learners, consumed by this
+        iteration): the trainer's x-axis.
+        """
+
+    # -- persistence ----------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: parameters, optimiser state, the learner's RNG state."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+
+
+def adaptation_curve(
+    learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int
+) -> torch.Tensor:
+    """The metric after ``0..steps`` adaptation steps on each task: a ``[steps + 1, num_tasks]`` tensor.
+
+    This is the one evaluation loop every meta-learner goes through; ``metarl.evaluation`` adds the
+    statistics (mean and 95% confidence interval over tasks).
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    adapted = learner.initial(tasks)
+    curve = [learner.evaluate(tasks, adapted)]
+    for step in range(steps):
+        adapted = learner.adapt(adapted, learner.support(tasks, adapted, step), step)
+        curve.append(learner.evaluate(tasks, adapted))
+    return torch.stack(curve)

@@ -1,0 +1,145 @@
+"""The evaluator: adaptation curves on held-out tasks with 95% confidence intervals.
+
+One function for every meta-learner: :func:`evaluate_adaptation` runs :func:`metarl.core.adaptation_curve`
+(metric after 0..K adaptation steps on each task) and summarises each step by its mean over tasks and the
+half-width of a 95% Student-t confidence interval. Results serialise to JSON, Markdown and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from envs.base import Task
+from metarl.core import MetaLearner, adaptation_curve
+
+# Two-sided 95% quantiles of Student's t for small samples; larger df use a Cornish-Fisher expansion.
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (error < 1e-3 for every df ≥ 1)."""
+    if df < 1:
+        return math.nan
+    if df in _T975:
+        return _T975[df]
+    z = 1.959963984540054
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * df**4)
+    )
+
+
+def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
+    """Mean of ``values [n]`` and the half-width of its 95% confidence interval (t-distribution)."""
+    values = values.detach().double().flatten()
+    n = values.numel()
+    mean = float(values.mean())
+    if n < 2:
+        return mean, math.nan
+    return mean, t_quantile_975(n - 1) * float(values.std(unbiased=True)) / math.sqrt(n)
+
+
+@dataclasses.dataclass
+class AdaptationCurve:
+    """Metric after 0..K adaptation steps over held-out tasks.
+
+    Attributes:
+        metric: what was measured (``return``, ``accuracy``, ...).
+        mean: per step, the mean over tasks.
+        ci95: per step, the half-width of the 95% confidence interval of the mean.
+        per_task: ``[steps + 1][num_tasks]`` raw values.
+    """
+
+    metric: str
+    mean: list[float]
+    ci95: list[float]
+    per_task: list[list[float]]
+
+    @property
+    def steps(self) -> list[int]:
+        return list(range(len(self.mean)))
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.per_task[0]) if self.per_task else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"num_tasks": self.num_tasks, "steps": self.steps, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AdaptationCurve:
+        return cls(data["metric"], list(data["mean"]), list(data["ci95"]), list(data["per_task"]))
+
+
+def evaluate_adaptation(
+    learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int
+) -> AdaptationCurve:
+    """Adapt ``learner`` to each of ``tasks`` for ``0..steps`` steps and summarise the metric per step."""
+    curve = adaptation_curve(learner, tasks, steps)
+    stats = [mean_ci95(row) for row in curve]
+    return AdaptationCurve(
+        metric=learner.metric_name,
+        mean=[m for m, _ in stats],
+        ci95=[c for _, c in stats],
+        per_task=curve.detach().cpu().double().tolist(),
+    )
+
+
+def markdown_table(curves: Mapping[str, AdaptationCurve]) -> str:
+    """One row per method, one column per adaptation step: ``mean ± ci95``."""
+    steps = max(len(c.mean) for c in curves.values())
+    metric = next(iter(curves.values())).metric
+    head = "| method | " + " | ".join(f"{metric} after {k} step{'s' * (k != 1)}" for k in range(steps))
+    lines = [head + " |", "|---" * (steps + 1) + "|"]
+    for name, c in curves.items():
+        cells = [f"{m:.2f} ± {h:.2f}" for m, h in zip(c.mean, c.ci95, strict=True)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(curves: Mapping[str, AdaptationCurve], path: Path, title: str) -> None:
+    """Mean ± 95% CI against the number of adaptation steps, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, c in curves.items():
+        lo = [m - h for m, h in zip(c.mean, c.ci95, strict=True)]
+        hi = [m + h for m, h in zip(c.mean, c.ci95, strict=True)]
+        ax.plot(c.steps, c.mean, marker="o", label=name)
+        ax.fill_between(c.steps, lo, hi, alpha=0.2)
+    ax.set_xlabel("adaptation steps")
+    ax.set_ylabel(f"{next(iter(curves.values())).metric} (mean ± 95% CI)")
+    ax.set_xticks(next(iter(curves.values())).steps)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(
+    curves: Mapping[str, AdaptationCurve], out_dir: Path, stem: str, title: str
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
+    paths["json"].write_text(
+        json.dumps({name: c.to_dict() for name, c in curves.items()}, indent=2) + "\n"
+    )
+    paths["md"].write_text(f"# {title}\n\n{markdown_table(curves)}\n")
+    plot(curves, paths["png"], title)
+    return paths
