@@ -104,9 +104,11 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
         dx = self._state[0] - self._goal[0]
         dy = self._state[1] - self._goal[1]
         sq = dx * dx + dy * dy
-        reward = float(sq if self.squared_distance else np.sqrt(sq))
+        # sqrt in float64, rounded to float32: correctly rounded on every backend (torch's float32 sqrt
+        # on CPU is not), so the batched version reproduces these rewards bit for bit.
+        reward = float(sq if self.squared_distance else np.float32(np.sqrt(np.float64(sq))))
         terminated = bool(abs(dx) < self.success_tolerance and abs(dy) < self.success_tolerance)
-        return self._state.copy(), -reward, terminated, False, {"distance": float(np.sqrt(sq))}
+        return self._state.copy(), -reward, terminated, False, {"distance": float(np.sqrt(np.float64(sq)))}
 
     def make_batched(
         self,
@@ -173,7 +175,7 @@ class BatchedNavigation2D:
         self.state = torch.where(active[..., None], self.state + actions, self.state)
         d = self.state - self.goals
         sq = d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1]
-        cost = sq if self.squared_distance else torch.sqrt(sq)
+        cost = sq if self.squared_distance else torch.sqrt(sq.double()).float()
         reward = torch.where(active, -cost, torch.zeros_like(cost))
         terminated = active & (d.abs() < self.success_tolerance).all(-1)
         self.done = self.done | terminated
