@@ -104,3 +104,57 @@ def vpg_loss(log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tens
     """REINFORCE surrogate ``−Σ_t m_t log π(a_t|s_t) A_t / Σ_t m_t`` (Williams 1992); ``A`` is constant."""
     _check_same_shape(log_probs=log_probs, advantages=advantages, mask=mask)
     return -(log_probs * advantages.detach() * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def likelihood_ratio_loss(
+    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+) -> torch.Tensor:
+    """TRPO surrogate ``−Σ_t m_t (π(a_t|s_t) / π_old(a_t|s_t)) A_t / Σ_t m_t``, ``[T, B]`` inputs.
+
+    Schulman et al. 2015, "Trust Region Policy Optimization", arXiv:1502.05477, eq. (14). ``old_log_probs``
+    and ``A`` are constants; at ``π = π_old`` its gradient equals that of :func:`vpg_loss`.
+    """
+    _check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs, advantages=advantages, mask=mask)
+    ratio = torch.exp(log_probs - old_log_probs.detach())
+    return -(ratio * advantages.detach() * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def ppo_clip_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float,
+) -> torch.Tensor:
+    """PPO's clipped surrogate ``−Σ_t m_t min(ρ_t A_t, clip(ρ_t, 1−ε, 1+ε) A_t) / Σ_t m_t``, ``ρ = π/π_old``.
+
+    Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347, eq. (7); used as the
+    outer objective of MAML by ProMP (Rothfuss et al. 2018, arXiv:1810.06784) and garage's MAML-PPO.
+    """
+    _check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs, advantages=advantages, mask=mask)
+    if clip <= 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
+    ratio = torch.exp(log_probs - old_log_probs.detach())
+    adv = advantages.detach()
+    clipped = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
+    return -(clipped * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def gaussian_kl(
+    mean_p: torch.Tensor,
+    log_std_p: torch.Tensor,
+    mean_q: torch.Tensor,
+    log_std_q: torch.Tensor,
+    mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over valid steps of ``KL(N(μ_p, σ_p²) ‖ N(μ_q, σ_q²))`` (diagonal, summed over actions).
+
+    ``KL = Σ_d log σ_q/σ_p + (σ_p² + (μ_p − μ_q)²) / (2σ_q²) − ½``; inputs ``[T, B, A]``, ``mask [T, B]``.
+    TRPO's trust region (Schulman et al. 2015, arXiv:1502.05477, eq. (12)) uses ``p = π_old``, ``q = π``.
+    """
+    _check_same_shape(mean_p=mean_p, log_std_p=log_std_p, mean_q=mean_q, log_std_q=log_std_q)
+    if mean_p.shape[:-1] != mask.shape:
+        raise ValueError(f"mask {tuple(mask.shape)} must match the leading dims of {tuple(mean_p.shape)}")
+    var_p, var_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
+    kl = (log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1.0)
