@@ -15,9 +15,10 @@ This module (and all of ``envs/``) is plain gymnasium + numpy (+ torch for the b
 imports ``metarl``, so Stable-Baselines3 or any other library can use the families directly.
 
 To write your own family, subclass :class:`TaskFamily` next to ``gymnasium.Env``, declare ``task_type``, and
-implement ``_draw_task(rng)`` and ``_on_task_changed()`` (optional). Optionally implement
-``make_batched(tasks, envs_per_task, device)`` returning a :class:`BatchedTaskEnv` that steps many tasks at
-once in torch; samplers use it when present and fall back to stepping gymnasium copies otherwise.
+implement ``_draw_task(rng)``, and optionally ``_validate_task(task)`` and ``_on_task_changed()``.
+Optionally implement ``make_batched(tasks, envs_per_task, device="cpu", horizon=None, *, seed=None)``
+returning a :class:`BatchedTaskEnv` that steps many tasks at once in torch; samplers use it when present
+(passing ``seed`` when the method accepts it) and fall back to stepping gymnasium copies otherwise.
 """
 
 from __future__ import annotations
@@ -163,7 +164,8 @@ class BatchedTaskEnv(Protocol):
     Observations are ``[num_tasks, envs_per_task, *obs_shape]``, actions
     ``[num_tasks, envs_per_task, *action_shape]``, rewards/flags ``[num_tasks, envs_per_task]``; everything
     lives on ``device``. An environment that terminated keeps returning its last observation and zero reward
-    until ``reset``; the caller masks those steps.
+    until ``reset``; the caller masks those steps. ``reset()`` keeps the tasks (a trial of several episodes
+    calls it between episodes). Environments holding resources (threads) also offer ``close()``.
     """
 
     num_tasks: int

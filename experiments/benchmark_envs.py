@@ -150,6 +150,29 @@ def bench_batched(
     return best, used
 
 
+def bench_batched_env_only(env_id: str, num_tasks: int, envs_per_task: int, repeats: int, seed: int) -> float:
+    """Env-only rate of the batched path (random actions drawn up front): the issue's ≥100× check."""
+    family = gym.make(env_id).unwrapped
+    batch = family.make_batched(family.sample_tasks(num_tasks, seed=seed), envs_per_task, device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    space = family.action_space
+    if isinstance(space, gym.spaces.Discrete):
+        actions = [torch.randint(int(space.n), (num_tasks, envs_per_task), generator=gen) for _ in range(8)]
+    else:
+        high = torch.as_tensor(space.high, dtype=torch.float32)
+        shape = (num_tasks, envs_per_task, *space.shape)
+        actions = [(torch.rand(shape, generator=gen) * 2 - 1) * high for _ in range(8)]
+    batch.reset()
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for t in range(batch.horizon):
+            batch.step(actions[t % len(actions)])
+        best = max(best, num_tasks * envs_per_task * batch.horizon / (time.perf_counter() - start))
+        batch.reset()
+    return best
+
+
 def raw_mj_step_rate(
     env_id: str, horizon: int, seconds: float, seed: int, repeats: int
 ) -> tuple[float, int]:
@@ -236,6 +259,10 @@ def main() -> None:
         for b, e in sizes:
             rate, threads = bench_batched(env_id, b, e, horizon, rollouts, args.seed)
             rows.append(Row(f"batched {b}x{e} (+policy)", rate, threads))
+        if not is_mujoco:  # SyncVectorEnv's rate is flat in the number of envs; the batch's grows
+            for b, e in [(1000, 10), (1000, 100)]:
+                rate = bench_batched_env_only(env_id, b, e, repeats, args.seed)
+                rows.append(Row(f"batched {b}x{e} (env only)", rate))
         if is_mujoco:  # the same 800 envs on one core: robust to other load on the machine
             rate, threads = bench_batched(env_id, 40, 20, horizon, rollouts, args.seed, threads=1)
             rows.append(Row("batched 40x20 (+policy, 1 thread)", rate, threads))

@@ -56,9 +56,11 @@ def trust_region_step(direction: torch.Tensor, fisher_direction: torch.Tensor, m
     """Scale ``direction`` to the trust region's boundary: ``β s`` with ``β = √(2δ / sᵀF s)``.
 
     TRPO App. C: with the quadratic model ``KL ≈ ½ (βs)ᵀ F (βs)``, this step has model KL exactly ``δ``.
-    ``fisher_direction`` is ``F s``.
+    ``fisher_direction`` is ``F s``. A zero direction (zero gradient) gives the zero step.
     """
     shs = float(direction @ fisher_direction)
+    if shs == 0 and not direction.any():
+        return direction
     if not shs > 0:
         raise ValueError(f"sᵀFs must be > 0 (F positive definite), got {shs}")
     return direction * math.sqrt(2.0 * max_kl / shs)

@@ -110,6 +110,8 @@ class RolloutSampler:
             all_mask.append(alive)
             alive = alive * (~terminated).float()
             obs = next_obs.reshape(obs.shape).float()
+        if hasattr(env, "close"):
+            env.close()
         return Episodes(
             torch.stack(all_obs),
             torch.stack(all_actions),

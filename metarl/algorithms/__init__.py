@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from metarl.algorithms.maml_rl import MAMLRL, MAMLRLConfig
+from metarl.algorithms.maml_rl import MAMLRL, MAMLRLConfig, PretrainedRLConfig
 from metarl.core import MetaLearner, TaskSampler
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.rollouts import RolloutSampler
@@ -42,7 +42,12 @@ def _build_maml_rl(
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "maml_rl": AlgorithmSpec(
         MAMLRLConfig,
-        "MAML with a second-order VPG inner loop and an Adam outer loop (Finn et al. 2017)",
+        "MAML with a second-order VPG inner loop and a TRPO (default), PPO or Adam-VPG outer loop (Finn et al. 2017)",
+        _build_maml_rl,
+    ),
+    "pretrained_rl": AlgorithmSpec(
+        PretrainedRLConfig,
+        "MAML-RL's pretrained baseline: one policy trained on all tasks without inner steps, fine-tuned at test",
         _build_maml_rl,
     ),
 }

@@ -1,43 +1,75 @@
-"""MAML for reinforcement learning with a policy-gradient inner loop.
+"""MAML for reinforcement learning: a policy-gradient inner loop, a TRPO / PPO / Adam-VPG outer loop.
 
 Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
 arXiv:1703.03400, §3.2 and §5.3. For each task ``T_i`` of a meta-batch:
 
 1. sample ``K`` rollouts with the meta-policy ``π_θ`` (the *support* episodes);
-2. adapt with one (or more) vanilla policy-gradient steps ``θ'_i = θ − α ∇_θ L_{T_i}(θ)``, where ``L`` is the
-   REINFORCE surrogate with advantages from a linear feature baseline refit per task and GAE(γ, λ);
+2. adapt with one (or more) vanilla policy-gradient steps ``θ'_i = θ − α_k ∇_θ L_{T_i}(θ)``, where ``L`` is
+   the REINFORCE surrogate with advantages from a linear feature baseline refit per task and GAE(γ, λ);
 3. sample ``K`` rollouts with ``π_{θ'_i}`` (the *query* episodes);
 
-then update ``θ`` on ``Σ_i L_{T_i}(θ'_i)`` through the inner update (second order by default: the gradient
-flows through ``∇_θ L`` via ``torch.func.grad``). The inner loops of all tasks run as one ``vmap`` over the
-task dimension and all rollouts of a meta-batch as one batched rollout. The outer optimiser here is Adam on
-the VPG surrogate; the paper's TRPO outer loop plugs in at ``_outer_step``.
+then update ``θ`` on the meta-objective ``Σ_i L_{T_i}(θ'_i(θ))`` through the inner update (second order by
+default: the gradient flows through ``∇_θ L`` via ``torch.func.grad``; ``first_order`` drops that term). The
+inner loops of all tasks run as one ``vmap`` over the task dimension and all rollouts of a meta-batch as one
+batched rollout. Every outer step *re-adapts from θ* on the stored support data, so the objective, its
+gradient and the KL are functions of θ alone. Three outer optimisers (``outer``):
+
+- ``"trpo"`` (the paper's, §5.3): the likelihood-ratio surrogate of the adapted policies on the query data,
+  ``L(θ) = −mean_i E[π_{θ'_i(θ)}(a|s) / π_{θ'_i,old}(a|s) · A]``, under the constraint
+  ``mean_i E_s[KL(π_{θ'_i,old}(·|s) ‖ π_{θ'_i(θ)}(·|s))] ≤ δ``. The KL is between the *post-update* policies:
+  the sampling-time adapted policy and the one re-adapted from the candidate θ — the convention of the MAML
+  code (cbfinn/maml_rl ``maml_npo.py`` constrains the KL of the final, adapted policies) and of
+  pytorch-maml-rl (``MAMLTRPO.surrogate_loss`` re-adapts and takes ``kl_divergence(pi, old_pi)``). Its
+  Hessian (the Fisher of the adapted policies pulled back through the inner loop) is applied by double
+  backward through the inner loop; conjugate gradient and the backtracking line search are
+  ``metarl.optim``.
+- ``"ppo"`` (ProMP, Rothfuss et al. 2018, arXiv:1810.06784; garage's MAML-PPO): the clipped surrogate,
+  ``ppo_epochs`` Adam steps on the same query data, re-adapting from the current θ at every epoch.
+- ``"vpg"``: one Adam step on the REINFORCE meta-objective (the simplest; fine for short runs).
+
+With ``learn_inner_lr`` the inner step sizes are per-parameter meta-parameters (Meta-SGD: Li et al. 2017,
+arXiv:1707.09835), updated by the same outer optimiser. With ``num_inner_steps = 0`` there is no inner step
+during training: the outer loop trains one policy on all tasks — the paper's *pretrained* baseline, which is
+then fine-tuned at test time with the same inner steps (registered as ``pretrained_rl``).
 
 Logged metrics (TensorBoard tags, x-axis = environment steps):
 
-- ``meta_train/return_pre_adapt``: mean undiscounted return of the support episodes (policy ``π_θ``).
+- ``meta_train/return_pre_adapt``: mean undiscounted return of the first support episodes (policy ``π_θ``).
 - ``meta_train/return_post_adapt``: mean return of the query episodes (policy ``π_{θ'}``).
-- ``losses/outer_loss``: the meta-objective ``mean_i L_{T_i}(θ'_i)`` before the update.
-- ``losses/inner_loss``: the inner surrogate at ``θ`` averaged over tasks.
+- ``meta_train/inner_lr_mean``: mean learned inner step size over parameters and steps (Meta-SGD only).
+- ``losses/outer_loss``: the outer objective at the old θ before the update (REINFORCE surrogate for
+  ``vpg``; the likelihood-ratio surrogate for ``trpo``; the clipped surrogate for ``ppo``).
+- ``losses/surrogate_improvement``: decrease of the likelihood-ratio surrogate achieved by the update.
+- ``losses/kl``: ``mean_i KL(π_{θ'_i,old} ‖ π_{θ'_i,new})`` on the query states after the update.
+- ``losses/inner_loss``: the inner surrogate at ``θ`` averaged over tasks (absent when there is no inner step).
 - ``losses/policy_std``: the mean standard deviation of the Gaussian policy.
-- ``time/sampling_s``, ``time/inner_s``, ``time/outer_s``: wall-clock split of the iteration.
+- ``losses/step_fraction`` (trpo): accepted fraction of the full trust-region step (0: step rejected).
+- ``losses/line_search_evals`` (trpo): candidates the line search evaluated.
+- ``losses/clip_fraction`` (ppo): fraction of query steps whose ratio left ``[1 − ε, 1 + ε]`` at the last epoch.
+- ``time/sampling_s``: rollouts (support and query); ``time/inner_s``: the inner adaptation steps run to
+  collect data; ``time/outer_s``: the outer update (re-adaptation, gradients, CG, line search / epochs);
+  ``time/iteration_s``: the whole meta-iteration.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
+from torch import nn
 from torch.func import grad, vmap
 
 from envs.base import Task
-from metarl import losses
+from metarl import losses, optim
 from metarl.core import MetaLearner
 from metarl.policies import GaussianMLPPolicy, Params
 from metarl.rollouts import Episodes, RolloutSampler
+
+#: Key prefix of the learned inner step sizes among the meta-parameters (Meta-SGD).
+LR_PREFIX = "inner_lr/"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +79,26 @@ class MAMLRLConfig:
     Attributes:
         meta_batch_size: tasks per meta-iteration (20 for navigation, 40 for locomotion; §5.3).
         rollouts_per_task: episodes per task for each inner step and for the query (20; §5.3).
-        num_inner_steps: inner VPG steps during meta-training (1; §5.3).
-        inner_lr: inner step size α during meta-training (0.1; §5.3).
+        num_inner_steps: inner VPG steps ``K`` during meta-training (1; §5.3). 0 trains the *pretrained*
+            baseline (no adaptation during training).
+        inner_lr: inner step size α of every training step (0.1; §5.3) when ``inner_lrs`` is empty.
+        inner_lrs: per-step inner step sizes ``(α_1, …, α_K)``, one per inner step (overrides ``inner_lr``;
+            empty: ``inner_lr`` at every step). With ``learn_inner_lr`` they initialise the learned rates.
+        learn_inner_lr: Meta-SGD (Li et al. 2017, arXiv:1707.09835): per-parameter, per-step inner step sizes
+            that are meta-parameters, updated by the outer loop and used at test time too.
         test_inner_lrs: step size of each adaptation step at evaluation; later steps reuse the last value
-            (0.1 then 0.05, as in the reference code's test scripts).
+            (0.1 then 0.05, as in the reference code's test scripts). Ignored with ``learn_inner_lr``.
         first_order: drop the second-order term (FOMAML): ``θ' = θ − α·stop_grad(∇L(θ))``.
-        outer_lr: Adam step size of the outer update (the paper uses TRPO; Adam-VPG is the simple option).
+        outer: the outer optimiser: ``"trpo"`` (MAML §5.3), ``"ppo"`` (ProMP / garage MAML-PPO) or
+            ``"vpg"`` (Adam on the REINFORCE meta-objective).
+        max_kl: TRPO trust-region radius δ on the mean KL of the adapted policies (0.01; MAML §5.3).
+        cg_iters: conjugate-gradient iterations (10; rllab's ``ConjugateGradientOptimizer``).
+        cg_damping: Tikhonov damping added to the Fisher-vector product (1e-5; rllab ``reg_coeff``).
+        line_search_steps: backtracking candidates (15; rllab ``backtrack_ratio`` search).
+        line_search_decay: shrink factor between candidates (0.8; rllab).
+        outer_lr: Adam step size of the ``ppo`` and ``vpg`` outer loops (1e-3; garage, ProMP).
+        ppo_clip: PPO clip range ε (0.3 ProMP; garage uses 0.5).
+        ppo_epochs: Adam steps per meta-iteration on the same query data (5; ProMP ``num_ppo_steps``).
         gamma: discount (0.99).
         gae_lambda: GAE λ (1.0: plain returns minus baseline, as in the paper).
         normalize_advantages: centre and scale advantages per task (rllab's ``center_adv``).
@@ -66,9 +112,19 @@ class MAMLRLConfig:
     rollouts_per_task: int = 20
     num_inner_steps: int = 1
     inner_lr: float = 0.1
+    inner_lrs: tuple[float, ...] = ()
+    learn_inner_lr: bool = False
     test_inner_lrs: tuple[float, ...] = (0.1, 0.05)
     first_order: bool = False
+    outer: Literal["trpo", "ppo", "vpg"] = "trpo"
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    line_search_steps: int = 15
+    line_search_decay: float = 0.8
     outer_lr: float = 1e-3
+    ppo_clip: float = 0.3
+    ppo_epochs: int = 5
     gamma: float = 0.99
     gae_lambda: float = 1.0
     normalize_advantages: bool = True
@@ -78,10 +134,29 @@ class MAMLRLConfig:
     baseline_reg: float = 1e-5
 
     def __post_init__(self) -> None:
-        positive = ("meta_batch_size", "rollouts_per_task", "num_inner_steps", "inner_lr", "outer_lr")
+        positive = (
+            "meta_batch_size", "rollouts_per_task", "inner_lr", "outer_lr", "max_kl", "cg_iters",
+            "line_search_steps", "ppo_clip", "ppo_epochs",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.num_inner_steps < 0:
+            raise ValueError(f"num_inner_steps must be >= 0, got {self.num_inner_steps}")
+        if self.inner_lrs and len(self.inner_lrs) != self.num_inner_steps:
+            raise ValueError(
+                f"inner_lrs must give one step size per inner step ({self.num_inner_steps}), got {self.inner_lrs}"
+            )
+        if any(lr <= 0 for lr in self.inner_lrs):
+            raise ValueError(f"inner_lrs must be positive step sizes, got {self.inner_lrs}")
+        if self.learn_inner_lr and self.num_inner_steps == 0:
+            raise ValueError("learn_inner_lr needs num_inner_steps >= 1 (there is no inner step to learn)")
+        if self.outer not in ("trpo", "ppo", "vpg"):
+            raise ValueError(f"outer must be one of ['trpo', 'ppo', 'vpg'], got {self.outer!r}")
+        if self.cg_damping < 0:
+            raise ValueError(f"cg_damping must be >= 0, got {self.cg_damping}")
+        if not 0 < self.line_search_decay < 1:
+            raise ValueError(f"line_search_decay must be in (0, 1), got {self.line_search_decay}")
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0 <= self.gae_lambda <= 1:
@@ -95,12 +170,53 @@ class MAMLRLConfig:
         if self.init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {self.init_std}")
 
+    @property
+    def step_lrs(self) -> tuple[float, ...]:
+        """The training step size of each of the ``num_inner_steps`` inner steps."""
+        return self.inner_lrs or (self.inner_lr,) * self.num_inner_steps
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainedRLConfig(MAMLRLConfig):
+    """The MAML paper's *pretrained* baseline (§5.3): ``MAMLRLConfig`` with no inner step during training.
+
+    One policy is trained with the same outer optimiser on all training tasks; at test time it is fine-tuned
+    with the same inner steps (``test_inner_lrs``) as MAML.
+    """
+
+    num_inner_steps: int = 0
+
 
 class Batch(NamedTuple):
     """Support/query data of one adaptation step: episodes and their (constant) advantages."""
 
     episodes: Episodes
     advantages: torch.Tensor  # [T, N, E]
+
+
+class OldPolicy(NamedTuple):
+    """The adapted policies that sampled the query episodes, evaluated on them (constants), ``[T, N, E, ·]``."""
+
+    mean: torch.Tensor
+    log_std: torch.Tensor
+    log_probs: torch.Tensor
+
+
+def _flat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _unflat(vector: torch.Tensor, like: Params) -> Params:
+    out, i = {}, 0
+    for name, t in like.items():
+        out[name] = vector[i : i + t.numel()].view_as(t)
+        i += t.numel()
+    return out
+
+
+def _per_task(loss: Callable[..., torch.Tensor], *tensors: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """Apply a pure ``[T, E, …]`` loss to each task of ``[T, N, E, …]`` tensors at once: a ``[N]`` tensor."""
+    return vmap(lambda *t: loss(*t, **kwargs), in_dims=1)(*tensors)
 
 
 class MAMLRL(MetaLearner[Batch, Params]):
@@ -121,12 +237,28 @@ class MAMLRL(MetaLearner[Batch, Params]):
             config.activation,
             config.init_std,
         ).to(self.device)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=config.outer_lr)
+        self.inner_lrs: dict[str, nn.Parameter] = {}
+        if config.learn_inner_lr:  # Meta-SGD: α[k] has the shape of the parameter, initialised to α_k
+            init = torch.tensor(config.step_lrs, device=self.device)
+            self.inner_lrs = {
+                name: nn.Parameter(init.view(-1, *[1] * p.dim()).expand(-1, *p.shape).clone())
+                for name, p in self.policy.params().items()
+            }
+        self.optimizer = (
+            None
+            if config.outer == "trpo"
+            else torch.optim.Adam(self.meta_parameters().values(), lr=config.outer_lr)
+        )
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
+    def meta_parameters(self) -> Params:
+        """Everything the outer loop updates: the policy's θ and, with Meta-SGD, the inner step sizes."""
+        lrs = {LR_PREFIX + name: lr for name, lr in self.inner_lrs.items()}
+        return {**self.policy.params(), **lrs}
+
     # -- acting ---------------------------------------------------------------------------------------
-    def _act_fn(self, params: Params):
+    def _act_fn(self, params: Params) -> Callable[[torch.Tensor], torch.Tensor]:
         detached = {k: v.detach() for k, v in params.items()}
         dist = vmap(self.policy.distribution)
 
@@ -151,7 +283,15 @@ class MAMLRL(MetaLearner[Batch, Params]):
 
         return vmap(one_task, in_dims=1, out_dims=1)(episodes.obs, episodes.rewards, episodes.mask)
 
-    def _surrogate(self, params: Params, obs, actions, advantages, mask) -> torch.Tensor:
+    # -- the inner loop -------------------------------------------------------------------------------
+    def _surrogate(
+        self,
+        params: Params,
+        obs: torch.Tensor,
+        actions: torch.Tensor,
+        advantages: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         """The VPG surrogate of one task under ``params`` (inputs ``[T, E, ...]``)."""
         mean, log_std = self.policy.distribution(params, obs)
         return losses.vpg_loss(losses.gaussian_log_prob(mean, log_std, actions), advantages, mask)
@@ -162,30 +302,47 @@ class MAMLRL(MetaLearner[Batch, Params]):
             params, ep.obs, ep.actions, batch.advantages, ep.mask
         )
 
-    def _inner_step(self, params: Params, batch: Batch, lr: float, create_graph: bool) -> Params:
+    def _inner_step(self, params: Params, batch: Batch, lr: float | Params, create_graph: bool) -> Params:
+        """``θ'_i = θ_i − α ⊙ ∇L_{T_i}(θ_i)`` for every task; ``lr`` is a float or per-parameter (Meta-SGD)."""
+
         def step(p: Params, obs, actions, advantages, mask) -> Params:
             g = grad(self._surrogate)(p, obs, actions, advantages, mask)
             if not create_graph:
                 g = {k: v.detach() for k, v in g.items()}
-            return {k: p[k] - lr * g[k] for k in p}
+            return {k: p[k] - (lr[k] if isinstance(lr, dict) else lr) * g[k] for k in p}
 
         ep = batch.episodes
         return vmap(step, in_dims=(0, 1, 1, 1, 1))(
             params, ep.obs, ep.actions, batch.advantages, ep.mask
         )
 
+    def _lr(self, meta: Params, step: int, training: bool) -> float | Params:
+        """Step size of inner step ``step``: learned per parameter (Meta-SGD) or the configured schedule."""
+        if self.inner_lrs:
+            k = min(step, self.config.num_inner_steps - 1)
+            return {name: meta[LR_PREFIX + name][k] for name in self.inner_lrs}
+        lrs = self.config.step_lrs if training else self.config.test_inner_lrs
+        return lrs[min(step, len(lrs) - 1)]
+
+    def _adapt(self, meta: Params, supports: Sequence[Batch], num_tasks: int, create_graph: bool) -> Params:
+        """Re-run the training inner loop from the meta-parameters ``meta`` on stored support data."""
+        params = {k: meta[k].expand(num_tasks, *meta[k].shape) for k in self.policy.params()}
+        for step, batch in enumerate(supports):
+            params = self._inner_step(params, batch, self._lr(meta, step, True), create_graph)
+        return params
+
     # -- the meta-learner interface ---------------------------------------------------------------------
     def initial(self, tasks: Sequence[Task]) -> Params:
         n = len(tasks)
-        return {k: v.expand(n, *v.shape) for k, v in self.policy.params().items()}
+        return {k: v.detach().expand(n, *v.shape) for k, v in self.policy.params().items()}
 
     def support(self, tasks: Sequence[Task], adapted: Params, step: int) -> Batch:
         episodes = self.sampler.rollout(tasks, self._act_fn(adapted))
         return Batch(episodes, self._advantages(episodes))
 
     def adapt(self, adapted: Params, support: Batch, step: int) -> Params:
-        lrs = self.config.test_inner_lrs
-        lr = lrs[min(step, len(lrs) - 1)]
+        meta = {k: v.detach() for k, v in self.meta_parameters().items()}
+        lr = self._lr(meta, step, training=False)
         return {k: v.detach() for k, v in self._inner_step(adapted, support, lr, False).items()}
 
     def evaluate(self, tasks: Sequence[Task], adapted: Params) -> torch.Tensor:
@@ -195,59 +352,171 @@ class MAMLRL(MetaLearner[Batch, Params]):
         cfg = self.config
         t0 = time.perf_counter()
         sampling = inner = 0.0
-        params = self.initial(tasks)
-        env_steps = 0
-        inner_losses = pre_returns = None
+        meta = {k: v.detach() for k, v in self.meta_parameters().items()}
+        theta = params = self.initial(tasks)
+        supports: list[Batch] = []
         for step in range(cfg.num_inner_steps):
             ts = time.perf_counter()
-            batch = self.support(tasks, params, step)
+            supports.append(self.support(tasks, params, step))
             sampling += time.perf_counter() - ts
-            env_steps += batch.episodes.num_steps
             ti = time.perf_counter()
-            if step == 0:
-                pre_returns = batch.episodes.task_returns()
-                inner_losses = self._task_losses(params, batch).detach()
-            params = self._inner_step(params, batch, cfg.inner_lr, not cfg.first_order)
+            params = self._inner_step(params, supports[-1], self._lr(meta, step, True), False)
+            params = {k: v.detach() for k, v in params.items()}
             inner += time.perf_counter() - ti
         ts = time.perf_counter()
         query = self.support(tasks, params, cfg.num_inner_steps)
         sampling += time.perf_counter() - ts
-        env_steps += query.episodes.num_steps
+
         to = time.perf_counter()
-        outer_loss = self._outer_step(params, query)
+        outer_step = {"trpo": self._trpo_step, "ppo": self._ppo_step, "vpg": self._vpg_step}[cfg.outer]
+        metrics = outer_step(supports, query, self._old_policy(params, query))
         outer = time.perf_counter() - to
-        return {
-            "env_steps": float(env_steps),
-            "meta_train/return_pre_adapt": float(pre_returns.mean()),
+
+        first = supports[0] if supports else query
+        metrics.update({
+            "env_steps": float(sum(b.episodes.num_steps for b in [*supports, query])),
+            "meta_train/return_pre_adapt": float(first.episodes.task_returns().mean()),
             "meta_train/return_post_adapt": float(query.episodes.task_returns().mean()),
-            "losses/outer_loss": outer_loss,
-            "losses/inner_loss": float(inner_losses.mean()),
             "losses/policy_std": float(self.policy.log_std.detach().exp().mean()),
             "time/sampling_s": sampling,
             "time/inner_s": inner,
             "time/outer_s": outer,
-            "time/iteration_s": time.perf_counter() - t0,
+        })
+        if supports:
+            with torch.no_grad():
+                metrics["losses/inner_loss"] = float(self._task_losses(theta, supports[0]).mean())
+        if self.inner_lrs:
+            metrics["meta_train/inner_lr_mean"] = float(_flat(list(self.inner_lrs.values())).mean())
+        metrics["time/iteration_s"] = time.perf_counter() - t0
+        return metrics
+
+    # -- the outer loop -------------------------------------------------------------------------------
+    def _distribution(self, params: Params, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(μ, log σ)`` of each task's policy on its ``[T, N, E, D]`` observations."""
+        return vmap(self.policy.distribution, in_dims=(0, 1), out_dims=1)(params, obs)
+
+    def _old_policy(self, sampled: Params, query: Batch) -> OldPolicy:
+        """The policies that sampled ``query`` (fast weights ``sampled``) on its data, as constants."""
+        with torch.no_grad():
+            mean, log_std = self._distribution(sampled, query.episodes.obs)
+            return OldPolicy(mean, log_std, losses.gaussian_log_prob(mean, log_std, query.episodes.actions))
+
+    def _query_terms(
+        self, meta: Params, supports: Sequence[Batch], query: Batch, old: OldPolicy, create_graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-adapt from ``meta``; return ``log π_{θ'(θ)}(a|s)`` on the query ``[T, N, E]`` and the mean KL."""
+        ep = query.episodes
+        adapted = self._adapt(meta, supports, ep.obs.shape[1], create_graph)
+        mean, log_std = self._distribution(adapted, ep.obs)
+        kl = _per_task(losses.gaussian_kl, old.mean, old.log_std, mean, log_std, ep.mask).mean()
+        return losses.gaussian_log_prob(mean, log_std, ep.actions), kl
+
+    def _ratio_loss(self, log_probs: torch.Tensor, old: OldPolicy, query: Batch) -> torch.Tensor:
+        return _per_task(
+            losses.likelihood_ratio_loss, log_probs, old.log_probs, query.advantages, query.episodes.mask
+        ).mean()
+
+    def _trpo_step(self, supports: Sequence[Batch], query: Batch, old: OldPolicy) -> dict[str, float]:
+        """One TRPO step on the meta-objective (Schulman et al. 2015, arXiv:1502.05477; MAML §5.3)."""
+        cfg = self.config
+        meta = self.meta_parameters()
+        leaves = list(meta.values())
+
+        def surrogate_and_kl(m: Params, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
+            log_probs, kl = self._query_terms(m, supports, query, old, create_graph)
+            return self._ratio_loss(log_probs, old, query), kl
+
+        loss, kl = surrogate_and_kl(meta, not cfg.first_order)
+        loss_before = float(loss.detach())
+        loss_grad = _flat(torch.autograd.grad(loss, leaves, retain_graph=True))
+        kl_grad = _flat(torch.autograd.grad(kl, leaves, create_graph=True))
+
+        def fisher_vector(v: torch.Tensor) -> torch.Tensor:  # (∇²KL + damping·I) v by double backward
+            return _flat(torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True)) + cfg.cg_damping * v
+
+        direction = optim.conjugate_gradient(fisher_vector, -loss_grad, cfg.cg_iters)
+        step = optim.trust_region_step(direction, fisher_vector(direction), cfg.max_kl)
+        theta_old = _flat(leaves).detach()
+
+        def evaluate(fraction: float) -> tuple[float, float]:
+            with torch.no_grad():
+                new_loss, new_kl = surrogate_and_kl(_unflat(theta_old + fraction * step, meta), False)
+            return float(new_loss), float(new_kl)
+
+        result = optim.backtracking_line_search(
+            evaluate, loss_before, cfg.max_kl, cfg.line_search_steps, cfg.line_search_decay
+        )
+        with torch.no_grad():
+            for leaf, new in zip(leaves, _unflat(theta_old + result.fraction * step, meta).values(), strict=True):
+                leaf.copy_(new)
+        return {
+            "losses/outer_loss": loss_before,
+            "losses/surrogate_improvement": loss_before - result.loss,
+            "losses/kl": result.constraint,
+            "losses/step_fraction": result.fraction,
+            "losses/line_search_evals": float(result.evaluations),
         }
 
-    def _outer_step(self, adapted: Params, query: Batch) -> float:
-        """Adam on ``mean_i L_{T_i}(θ'_i)``; the gradient reaches θ through the inner update."""
-        loss = self._task_losses(adapted, query).mean()
+    def _ppo_step(self, supports: Sequence[Batch], query: Batch, old: OldPolicy) -> dict[str, float]:
+        """``ppo_epochs`` Adam steps on the clipped meta-surrogate, re-adapting from θ each epoch (ProMP)."""
+        cfg = self.config
+        ep = query.episodes
+        losses_seen = []
+        for _ in range(cfg.ppo_epochs):
+            log_probs, _ = self._query_terms(self.meta_parameters(), supports, query, old, not cfg.first_order)
+            loss = _per_task(
+                losses.ppo_clip_loss, log_probs, old.log_probs, query.advantages, ep.mask, clip=cfg.ppo_clip
+            ).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            losses_seen.append(float(loss.detach()))
+        ratio = torch.exp(log_probs.detach() - old.log_probs)
+        clipped = ((ratio - 1).abs() > cfg.ppo_clip).float()
+        return {
+            "losses/outer_loss": losses_seen[0],
+            "losses/clip_fraction": float((clipped * ep.mask).sum() / ep.mask.sum()),
+            **self._after_update(supports, query, old),
+        }
+
+    def _vpg_step(self, supports: Sequence[Batch], query: Batch, old: OldPolicy) -> dict[str, float]:
+        """One Adam step on the REINFORCE meta-objective ``mean_i L_{T_i}(θ'_i(θ))``."""
+        log_probs, _ = self._query_terms(
+            self.meta_parameters(), supports, query, old, not self.config.first_order
+        )
+        ep = query.episodes
+        loss = _per_task(losses.vpg_loss, log_probs, query.advantages, ep.mask).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return float(loss.detach())
+        return {"losses/outer_loss": float(loss.detach()), **self._after_update(supports, query, old)}
+
+    def _after_update(self, supports: Sequence[Batch], query: Batch, old: OldPolicy) -> dict[str, float]:
+        """Surrogate improvement and KL of the adapted policies, measured after an Adam-based update."""
+        with torch.no_grad():
+            log_probs, kl = self._query_terms(self.meta_parameters(), supports, query, old, False)
+            after = self._ratio_loss(log_probs, old, query)
+            before = self._ratio_loss(old.log_probs, old, query)
+        return {"losses/surrogate_improvement": float(before - after), "losses/kl": float(kl)}
 
     # -- persistence ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "inner_lrs": {k: v.detach().clone() for k, v in self.inner_lrs.items()},
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
             "env_rng": self.sampler.env_rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if set(state["inner_lrs"]) != set(self.inner_lrs):
+            raise ValueError("checkpoint and config disagree on learn_inner_lr (the learned inner step sizes)")
+        with torch.no_grad():
+            for name, lr in self.inner_lrs.items():
+                lr.copy_(state["inner_lrs"][name])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.sampler.env_rng.bit_generator.state = state["env_rng"]

@@ -1,0 +1,209 @@
+"""MAML-RL's outer loops: CG and line search on closed-form quadratics, TRPO/PPO steps, Meta-SGD, baselines."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metarl import losses, optim
+from metarl.algorithms import ALGORITHMS
+from metarl.algorithms.maml_rl import LR_PREFIX, MAMLRL, MAMLRLConfig, PretrainedRLConfig
+from metarl.evaluation import evaluate_adaptation
+from metarl.families import FamilyTaskSampler, env_factory
+from metarl.rollouts import RolloutSampler
+
+NAV = "metarl/Navigation2D-v0"
+
+
+def make_learner(seed: int = 0, horizon: int = 12, **overrides) -> tuple[MAMLRL, FamilyTaskSampler]:
+    config = MAMLRLConfig(**{"hidden_sizes": (8,), "meta_batch_size": 3, "rollouts_per_task": 4, **overrides})
+    make_env = env_factory(NAV, {}, horizon)
+    sampler = RolloutSampler(make_env, horizon, config.rollouts_per_task, torch.device("cpu"), seed)
+    return MAMLRL(config, sampler, seed), FamilyTaskSampler(make_env())
+
+
+# -- conjugate gradient and line search -------------------------------------------------------------------
+def test_conjugate_gradient_solves_spd_system() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(6, 6, generator=gen, dtype=torch.float64)
+    a = q @ q.T + 0.5 * torch.eye(6, dtype=torch.float64)
+    b = torch.randn(6, generator=gen, dtype=torch.float64)
+    x = optim.conjugate_gradient(lambda v: a @ v, b, iters=6, residual_tol=1e-30)
+    assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-9)
+    # few iterations on a well-conditioned system are already close; zero rhs gives zero
+    well = torch.eye(6, dtype=torch.float64) * 2 + 0.01 * (q + q.T)
+    assert torch.allclose(optim.conjugate_gradient(lambda v: well @ v, b, 10), torch.linalg.solve(well, b), atol=1e-8)
+    assert not optim.conjugate_gradient(lambda v: a @ v, torch.zeros(6, dtype=torch.float64)).any()
+
+
+def test_trust_region_step_has_model_kl_max_kl() -> None:
+    f = torch.diag(torch.tensor([1.0, 4.0, 9.0], dtype=torch.float64))
+    s = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    step = optim.trust_region_step(s, f @ s, max_kl=0.01)
+    assert math.isclose(float(0.5 * step @ f @ step), 0.01, rel_tol=1e-12)
+    assert torch.allclose(step / step.norm(), s / s.norm())
+
+
+def test_line_search_returns_the_first_admissible_fraction() -> None:
+    # loss(t) = (t − 0.3)² − 0.09 < 0 = loss(0) for t ∈ (0, 0.6); constraint t² ≤ 0.25 holds for t ≤ 0.5:
+    # 1, 0.8, 0.64 do not improve, 0.512 violates the constraint, 0.4096 is accepted.
+    result = optim.backtracking_line_search(lambda t: ((t - 0.3) ** 2 - 0.09, t * t), 0.0, 0.25, 15, 0.8)
+    assert result.fraction == pytest.approx(0.8**4) and result.evaluations == 5
+    assert result.loss == pytest.approx((0.8**4 - 0.3) ** 2 - 0.09) and result.constraint == pytest.approx(0.8**8)
+
+
+def test_line_search_rejects_when_the_constraint_is_always_violated() -> None:
+    result = optim.backtracking_line_search(lambda t: (-t, 1.0 + t), 0.0, 0.5, 15, 0.8)
+    assert (result.fraction, result.loss, result.constraint, result.evaluations) == (0.0, 0.0, 0.0, 15)
+    # improving never happens either: rejected
+    assert optim.backtracking_line_search(lambda t: (t, 0.0), 0.0, 0.5).fraction == 0.0
+
+
+# -- pure losses --------------------------------------------------------------------------------------
+def test_ppo_clip_loss_hand_computed() -> None:
+    old = torch.zeros(2, 2)
+    log_probs = torch.log(torch.tensor([[1.5, 0.5], [1.1, 0.9]]))  # ratios
+    adv = torch.tensor([[1.0, -1.0], [2.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    # clip 0.2: min(1.5·1, 1.2·1) = 1.2; min(0.5·−1, 0.8·−1) = −0.8; min(1.1·2, 1.1·2) = 2.2; masked
+    expected = -(1.2 - 0.8 + 2.2) / 3
+    assert losses.ppo_clip_loss(log_probs, old, adv, mask, 0.2).item() == pytest.approx(expected)
+    # the likelihood-ratio (TRPO) surrogate is the unclipped version
+    assert losses.likelihood_ratio_loss(log_probs, old, adv, mask).item() == pytest.approx(-(1.5 - 0.5 + 2.2) / 3)
+
+
+def test_gaussian_kl_matches_torch_distributions() -> None:
+    gen = torch.Generator().manual_seed(1)
+    mp, mq, lp, lq = (torch.randn(4, 3, 2, generator=gen) * 0.5 for _ in range(4))
+    mask = torch.ones(4, 3)
+    p = torch.distributions.Normal(mp, lp.exp())
+    q = torch.distributions.Normal(mq, lq.exp())
+    expected = torch.distributions.kl_divergence(p, q).sum(-1).mean()
+    assert losses.gaussian_kl(mp, lp, mq, lq, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+# -- the outer loops ------------------------------------------------------------------------------------
+def tiny_meta_batch(learner: MAMLRL, family: FamilyTaskSampler):
+    tasks = family.held_out(3, seed=1)
+    theta = learner.initial(tasks)
+    support = learner.support(tasks, theta, 0)
+    adapted = learner._inner_step(theta, support, 0.1, False)
+    query = learner.support(tasks, adapted, 1)
+    return support, query, learner._old_policy(adapted, query)
+
+
+def test_trpo_step_satisfies_the_trust_region_and_improves_the_surrogate() -> None:
+    learner, family = make_learner()
+    support, query, old = tiny_meta_batch(learner, family)
+    before = {k: v.detach().clone() for k, v in learner.meta_parameters().items()}
+    metrics = learner._trpo_step([support], query, old)
+    assert metrics["losses/step_fraction"] > 0
+    with torch.no_grad():  # re-check independently from the new θ, re-adapting through the inner loop
+        log_probs, kl = learner._query_terms(learner.meta_parameters(), [support], query, old, False)
+        loss_before = learner._ratio_loss(old.log_probs, old, query)
+        loss_after = learner._ratio_loss(log_probs, old, query)
+    assert 0 < kl.item() <= learner.config.max_kl
+    assert loss_after < loss_before
+    assert metrics["losses/kl"] == pytest.approx(kl.item(), rel=1e-4)
+    assert any(not torch.equal(before[k], v) for k, v in learner.meta_parameters().items())
+
+
+def test_trpo_rejects_a_step_that_breaks_the_trust_region() -> None:
+    learner, family = make_learner(max_kl=1e-12, line_search_steps=2)  # even 0.8 of the step is too far
+    support, query, old = tiny_meta_batch(learner, family)
+    before = {k: v.detach().clone() for k, v in learner.meta_parameters().items()}
+    metrics = learner._trpo_step([support], query, old)
+    assert metrics["losses/step_fraction"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in learner.meta_parameters().items())
+
+
+@pytest.mark.parametrize("outer", ["trpo", "ppo", "vpg"])
+def test_every_outer_loop_updates_and_logs(outer: str) -> None:
+    learner, family = make_learner(outer=outer, num_inner_steps=2, inner_lrs=(0.1, 0.05))
+    metrics = learner.meta_update(family.held_out(3, seed=2))
+    for key in ("losses/outer_loss", "losses/kl", "losses/surrogate_improvement", "time/outer_s"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["time/sampling_s"] + metrics["time/inner_s"] + metrics["time/outer_s"] <= metrics["time/iteration_s"]
+    if outer == "ppo":
+        assert 0 <= metrics["losses/clip_fraction"] <= 1
+
+
+def test_inner_lrs_give_one_step_size_per_step() -> None:
+    assert MAMLRLConfig(num_inner_steps=2, inner_lrs=(0.1, 0.05)).step_lrs == (0.1, 0.05)
+    assert MAMLRLConfig(num_inner_steps=3, inner_lr=0.2).step_lrs == (0.2, 0.2, 0.2)
+    with pytest.raises(ValueError, match="one step size per inner step"):
+        MAMLRLConfig(num_inner_steps=2, inner_lrs=(0.1,))
+    with pytest.raises(ValueError, match="outer"):
+        MAMLRLConfig(outer="adam")
+
+
+# -- Meta-SGD ---------------------------------------------------------------------------------------------
+def test_meta_sgd_learning_rates_get_gradients_and_are_saved() -> None:
+    learner, family = make_learner(learn_inner_lr=True, outer="vpg", outer_lr=1e-2)
+    lrs = {k: v for k, v in learner.meta_parameters().items() if k.startswith(LR_PREFIX)}
+    assert set(lrs) == {LR_PREFIX + k for k in learner.policy.params()}
+    assert all(torch.all(v == 0.1) for v in lrs.values())
+    # the meta-gradient reaches the step sizes (through θ' = θ − α ⊙ ∇L)
+    support, query, old = tiny_meta_batch(learner, family)
+    log_probs, _ = learner._query_terms(learner.meta_parameters(), [support], query, old, True)
+    loss = learner._ratio_loss(log_probs, old, query)
+    grads = torch.autograd.grad(loss, list(lrs.values()))
+    assert all(g.abs().sum() > 0 for g in grads)
+    metrics = learner.meta_update(family.held_out(3, seed=2))
+    assert metrics["meta_train/inner_lr_mean"] != 0.1
+    assert any(not torch.all(v == 0.1) for v in lrs.values())
+    # saved and restored (also through torch.save, as checkpoints are)
+    state = learner.state_dict()
+    restored, _ = make_learner(seed=7, learn_inner_lr=True, outer="vpg", outer_lr=1e-2)
+    restored.load_state_dict(state)
+    for name, value in restored.inner_lrs.items():
+        assert torch.equal(value, learner.inner_lrs[name])
+    # used at test time: adapt() takes the learned per-parameter rates
+    tasks = family.held_out(3, seed=3)
+    theta = learner.initial(tasks)
+    batch = learner.support(tasks, theta, 0)
+    expected = learner._inner_step(theta, batch, {k: v[0] for k, v in learner.inner_lrs.items()}, False)
+    adapted = learner.adapt(theta, batch, 0)
+    assert all(torch.allclose(adapted[k], expected[k]) for k in adapted)
+
+
+def test_meta_sgd_trpo_updates_the_learning_rates() -> None:
+    learner, family = make_learner(learn_inner_lr=True)
+    before = {k: v.detach().clone() for k, v in learner.inner_lrs.items()}
+    metrics = learner.meta_update(family.held_out(3, seed=2))
+    assert metrics["losses/step_fraction"] > 0
+    assert any(not torch.equal(before[k], v) for k, v in learner.inner_lrs.items())
+
+
+# -- baselines ------------------------------------------------------------------------------------------
+def test_pretrained_baseline_is_maml_without_inner_steps() -> None:
+    assert ALGORITHMS["pretrained_rl"].config_type is PretrainedRLConfig
+    assert PretrainedRLConfig().num_inner_steps == 0 and PretrainedRLConfig().test_inner_lrs == (0.1, 0.05)
+    learner, family = make_learner(num_inner_steps=0)
+    metrics = learner.meta_update(family.held_out(3, seed=2))
+    assert metrics["meta_train/return_pre_adapt"] == metrics["meta_train/return_post_adapt"]
+    assert "losses/inner_loss" not in metrics and metrics["time/inner_s"] == 0.0
+    assert metrics["env_steps"] == 3 * 4 * 12  # only the query rollouts
+    curve = evaluate_adaptation(learner, family.held_out(3, seed=0), steps=2)  # fine-tuned at test time
+    assert len(curve.mean) == 3
+
+
+# -- learning ---------------------------------------------------------------------------------------------
+def test_trpo_outer_loop_learns_to_adapt_on_navigation() -> None:
+    """A short MAML-TRPO run: one inner step improves the held-out return beyond both 95% CIs."""
+    config = MAMLRLConfig(meta_batch_size=10, rollouts_per_task=10, hidden_sizes=(32, 32), max_kl=0.02)
+    make_env = env_factory(NAV, {}, None)
+    sampler = RolloutSampler(make_env, 100, config.rollouts_per_task, torch.device("cpu"), 0)
+    learner, family = MAMLRL(config, sampler, 0), FamilyTaskSampler(make_env())
+    rng = np.random.default_rng(0)
+    for _ in range(ITERATIONS):
+        learner.meta_update(family.sample(config.meta_batch_size, split="train", rng=rng))
+    curve = evaluate_adaptation(learner, family.held_out(40, seed=0), steps=1)
+    (pre, post), (ci_pre, ci_post) = curve.mean, curve.ci95
+    assert post - pre > ci_pre + ci_post, curve
+
+
+ITERATIONS = 20
