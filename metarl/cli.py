@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="override a config key, e.g. --set algo.inner_lr=0.05 (repeatable)")
     train.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override run.device")
     train.add_argument("--seed", type=int, help="override run.seed")
+    train.add_argument("--data-root", help="override data.root (supervised data sets)")
     train.add_argument("--run-dir", type=Path, help="run directory (default: runs/<family>__<algo>__s<seed>__<time>)")
     train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
 
@@ -64,6 +65,8 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f"run.device='{args.device}'")
     if args.seed is not None:
         overrides.append(f"run.seed={args.seed}")
+    if args.data_root is not None:
+        overrides.append(f"data.root={json.dumps(args.data_root)}")
     if args.resume and args.run_dir is None:
         raise MetarlError("--resume needs --run-dir DIR (the run to continue)")
     run.train(cfg.resolve(raw, overrides), args.run_dir, resume=args.resume)

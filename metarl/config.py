@@ -1,6 +1,6 @@
 """Experiment configs: TOML files validated into typed, frozen dataclasses.
 
-An experiment file has three tables::
+An experiment file has three tables (``[data]`` instead of ``[env]`` for supervised learners)::
 
     [run]                      # RunConfig: budget, seed, device, evaluation schedule
     iterations = 150
@@ -86,20 +86,54 @@ class EnvConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The data set of a supervised few-shot experiment and its N-way K-shot episodes.
+
+    Attributes:
+        dataset: ``"omniglot"`` (standard folder layout), ``"image_folder"`` (one folder per class) or
+            ``"sinusoid"`` (generated regression tasks, MAML §5.1).
+        root: the data set's root folder (``--data-root``); unused for ``sinusoid``.
+        split: class split: ``"vinyals"`` (Vinyals et al. 2016 list files) or ``"maml"`` (1200 training
+            characters, Finn et al. 2017).
+        ways: classes per episode (N).
+        shots: labelled examples per class in the support set (K).
+        queries: query examples per class.
+    """
+
+    dataset: Literal["omniglot", "image_folder", "sinusoid"] = "omniglot"
+    root: str = ""
+    split: Literal["vinyals", "maml"] = "vinyals"
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+
+    def __post_init__(self) -> None:
+        for name in ("ways", "shots", "queries"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    """A whole experiment: ``run``, ``env`` and ``algo`` (``algo_name`` selects the algorithm)."""
+    """A whole experiment: ``run``, ``algo`` and the algorithm's data source.
+
+    RL algorithms read a task family (``env``), supervised ones a data set (``data``); the section an
+    algorithm does not use is ``None`` and rejected if given.
+    """
 
     run: RunConfig
-    env: EnvConfig
     algo_name: str
     algo: Any
+    env: EnvConfig | None = None
+    data: DataConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "run": dataclasses.asdict(self.run),
-            "env": dataclasses.asdict(self.env),
-            "algo": {"name": self.algo_name, **dataclasses.asdict(self.algo)},
-        }
+        out: dict[str, Any] = {"run": dataclasses.asdict(self.run)}
+        for name in ("env", "data"):
+            if getattr(self, name) is not None:
+                out[name] = dataclasses.asdict(getattr(self, name))
+        out["algo"] = {"name": self.algo_name, **dataclasses.asdict(self.algo)}
+        return out
 
 
 # -- validation ----------------------------------------------------------------------------------------
@@ -212,7 +246,7 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> ExperimentConfig:
     for assignment in overrides:
         keys, value = parse_override(assignment)
         if len(keys) < 2:
-            raise ConfigError(f"--set {assignment!r}: keys look like SECTION.KEY; sections: run, env, algo")
+            raise ConfigError(f"--set {assignment!r}: keys look like SECTION.KEY; sections: run, env, data, algo")
         table = raw.setdefault(keys[0], {})
         for k in keys[1:-1]:
             if not isinstance(table, dict):
@@ -220,18 +254,23 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> ExperimentConfig:
             table = table.setdefault(k, {})
         if isinstance(table, dict):
             table[keys[-1]] = value
-    unknown = set(raw) - {"run", "env", "algo"}
+    unknown = set(raw) - {"run", "env", "data", "algo"}
     if unknown:
-        raise ConfigError(f"unknown section(s) {sorted(unknown)}; valid: algo, env, run")
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; valid: algo, data, env, run")
     algo = dict(raw.get("algo", {}))
     name = algo.pop("name", None)
     if name not in ALGORITHMS:
         raise ConfigError(f"algo.name {name!r} is not an algorithm; valid: {', '.join(ALGORITHMS)}")
+    source = ALGORITHMS[name].source  # "env" or "data"
+    other = "data" if source == "env" else "env"
+    if other in raw:
+        raise ConfigError(f"section [{other}] is not used by algo.name {name!r}; it reads [{source}]")
+    source_type = EnvConfig if source == "env" else DataConfig
     return ExperimentConfig(
         run=build_dataclass(RunConfig, raw.get("run", {}), "run"),
-        env=build_dataclass(EnvConfig, raw.get("env", {}), "env"),
         algo_name=name,
         algo=build_dataclass(ALGORITHMS[name].config_type, algo, "algo"),
+        **{source: build_dataclass(source_type, raw.get(source, {}), source)},
     )
 
 

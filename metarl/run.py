@@ -61,7 +61,7 @@ class Experiment:
         if config.run.num_threads:
             torch.set_num_threads(config.run.num_threads)
         spec = ALGORITHMS[config.algo_name]
-        tasks, learner = spec.build(config.algo, config.env, device, config.run.seed)
+        tasks, learner = spec.build(config, device)
         return cls(config, device, tasks, learner)
 
     def held_out_tasks(self, run_dir: Path) -> list[Task]:
@@ -70,7 +70,8 @@ class Experiment:
 
 
 def default_run_dir(config: ExperimentConfig) -> Path:
-    family = config.env.id.replace("metarl/", "").replace(":", "_").replace("/", "_")
+    source = config.env.id if config.env is not None else config.data.dataset
+    family = source.replace("metarl/", "").replace(":", "_").replace("/", "_")
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{family}__{config.algo_name}__s{config.run.seed}__{stamp}"
 
@@ -172,8 +173,13 @@ def _state(
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
-    short = {"meta_train/return_pre_adapt": "pre", "meta_train/return_post_adapt": "post"}
-    return {name: f"{metrics[key]:.2f}" for key, name in short.items() if key in metrics}
+    """The latest pre/post-adaptation metric (``meta_train/<metric>_{pre,post}_adapt``) for the bar."""
+    return {
+        suffix.split("_")[0]: f"{value:.3g}"
+        for key, value in metrics.items()
+        for suffix in ("pre_adapt", "post_adapt")
+        if key.startswith("meta_train/") and key.endswith(suffix)
+    }
 
 
 def load_run(run_dir: Path, which: str = "latest", device: str | None = None) -> Experiment:
@@ -213,7 +219,8 @@ def evaluate(
     else:
         tasks = exp.tasks.sample(num_tasks, split=split, rng=np.random.default_rng(seed))
     curve = evaluate_adaptation(exp.learner, tasks, steps)
-    title = f"{exp.config.algo_name} on {exp.config.env.id}: {num_tasks} {split} tasks ({which})"
+    source = exp.config.env.id if exp.config.env is not None else exp.config.data.dataset
+    title = f"{exp.config.algo_name} on {source}: {num_tasks} {split} tasks ({which})"
     paths = write_report({exp.config.algo_name: curve}, Path(run_dir) / "eval", f"adaptation_{split}", title)
     print(markdown_table({exp.config.algo_name: curve}))
     return curve, paths

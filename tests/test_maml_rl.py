@@ -126,7 +126,9 @@ def test_same_seed_same_meta_update() -> None:
 def test_adaptation_beats_no_adaptation_on_held_out_tasks() -> None:
     """A short meta-training run: one inner step must improve the held-out return beyond both 95% CIs."""
     torch.manual_seed(0)
-    config = MAMLRLConfig(meta_batch_size=10, rollouts_per_task=10, hidden_sizes=(64, 64), outer_lr=1e-2)
+    config = MAMLRLConfig(
+        meta_batch_size=10, rollouts_per_task=10, hidden_sizes=(64, 64), outer="vpg", outer_lr=1e-2
+    )
     make_env = env_factory(NAV, {}, None)
     sampler = RolloutSampler(make_env, 100, config.rollouts_per_task, torch.device("cpu"), 0)
     learner, family = MAMLRL(config, sampler, 0), FamilyTaskSampler(make_env())

@@ -18,7 +18,8 @@ from metarl.core import MetaLearner, TaskSampler
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.rollouts import RolloutSampler
 
-Builder = Callable[[Any, Any, torch.device, int], tuple[TaskSampler, MetaLearner]]
+#: ``(experiment config, device) -> (task sampler, learner)``; the config's ``algo`` is the spec's type.
+Builder = Callable[[Any, torch.device], tuple[TaskSampler, MetaLearner]]
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,11 @@ class AlgorithmSpec:
     config_type: type
     summary: str
     build: Builder
+    source: str = "env"  # the config section the algorithm reads its tasks from: "env" or "data"
 
 
-def _build_maml_rl(
-    algo: MAMLRLConfig, env: Any, device: torch.device, seed: int
-) -> tuple[TaskSampler, MetaLearner]:
+def _build_maml_rl(config: Any, device: torch.device) -> tuple[TaskSampler, MetaLearner]:
+    algo, env, seed = config.algo, config.env, config.run.seed
     make_env = env_factory(env.id, env.kwargs, env.max_episode_steps)
     probe = make_env()
     sampler = RolloutSampler(make_env, horizon_of(probe), algo.rollouts_per_task, device, seed)

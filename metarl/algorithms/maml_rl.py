@@ -386,7 +386,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
             with torch.no_grad():
                 metrics["losses/inner_loss"] = float(self._task_losses(theta, supports[0]).mean())
         if self.inner_lrs:
-            metrics["meta_train/inner_lr_mean"] = float(_flat(list(self.inner_lrs.values())).mean())
+            metrics["meta_train/inner_lr_mean"] = float(_flat(list(self.inner_lrs.values())).detach().mean())
         metrics["time/iteration_s"] = time.perf_counter() - t0
         return metrics
 

@@ -1,0 +1,67 @@
+"""Where a MAML-RL meta-iteration spends its time: sampling, inner adaptation, outer update.
+
+Runs a few meta-iterations of MAML-RL on HalfCheetahVel (``metarl/HalfCheetahVel-v0``, the batched MuJoCo
+fast path of the family's ``make_batched``) at the MAML paper's sizes (Finn et al. 2017, arXiv:1703.03400,
+§5.3: 40 tasks × 20 rollouts × 200 steps, 2×100 ReLU policy, one inner step, TRPO outer loop) and prints the
+split that ``meta_update`` logs (``time/sampling_s``, ``time/inner_s``, ``time/outer_s``) and the ratio
+iteration / sampling (the issue's target: ≤ 1.25, i.e. learning is not the bottleneck). Usage::
+
+    OMP_NUM_THREADS=1 python experiments/benchmark_maml_timing.py                 # 2 iterations, TRPO
+    python experiments/benchmark_maml_timing.py --outer ppo --iterations 3 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import numpy as np
+from metarl.config import resolve
+from metarl.run import Experiment, resolve_device
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--env", default="metarl/HalfCheetahVel-v0")
+    parser.add_argument("--outer", choices=["trpo", "ppo", "vpg"], default="trpo")
+    parser.add_argument("--meta-batch", type=int, default=40)
+    parser.add_argument("--rollouts", type=int, default=20)
+    parser.add_argument("--horizon", type=int, default=200)
+    parser.add_argument("--iterations", type=int, default=2)
+    parser.add_argument("--first-order", action="store_true")
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the learner)")
+    args = parser.parse_args()
+
+    config = resolve({
+        "run": {"num_threads": args.threads},
+        "env": {"id": args.env, "max_episode_steps": args.horizon},
+        "algo": {
+            "name": "maml_rl",
+            "outer": args.outer,
+            "meta_batch_size": args.meta_batch,
+            "rollouts_per_task": args.rollouts,
+            "first_order": args.first_order,
+        },
+    })
+    device = resolve_device(args.device)
+    exp = Experiment.build(config, device)
+    tasks, learner = exp.tasks, exp.learner
+    rng = np.random.default_rng(0)
+    print(
+        f"{args.env}: {args.meta_batch} tasks × {args.rollouts} rollouts × {args.horizon} steps, "
+        f"outer={args.outer}, first_order={args.first_order}, device={device}, "
+        f"torch threads={args.threads}, cores={len(os.sched_getaffinity(0))}"
+    )
+    print(f"{'iter':>4} {'env steps':>10} {'sampling s':>11} {'inner s':>8} {'outer s':>8} {'total s':>8} {'total/sampling':>15}")
+    for i in range(args.iterations):
+        m = learner.meta_update(tasks.sample(args.meta_batch, split="train", rng=rng))
+        print(
+            f"{i:>4} {int(m['env_steps']):>10} {m['time/sampling_s']:>11.2f} {m['time/inner_s']:>8.2f} "
+            f"{m['time/outer_s']:>8.2f} {m['time/iteration_s']:>8.2f} "
+            f"{m['time/iteration_s'] / m['time/sampling_s']:>15.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
