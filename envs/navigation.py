@@ -1,4 +1,4 @@
-"""2D navigation: a point mass must move to an unknown goal (Finn et al. 2017, MAML, arXiv:1703.03400, §5.3)."""
+"""2D navigation to an unknown goal (Finn et al. 2017, MAML, arXiv:1703.03400, §5.3)."""
 
 from __future__ import annotations
 
@@ -108,7 +108,13 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
         # on CPU is not), so the batched version reproduces these rewards bit for bit.
         reward = float(sq if self.squared_distance else np.float32(np.sqrt(np.float64(sq))))
         terminated = bool(abs(dx) < self.success_tolerance and abs(dy) < self.success_tolerance)
-        return self._state.copy(), -reward, terminated, False, {"distance": float(np.sqrt(np.float64(sq)))}
+        return (
+            self._state.copy(),
+            -reward,
+            terminated,
+            False,
+            {"distance": float(np.sqrt(np.float64(sq)))},
+        )
 
     def make_batched(
         self,
@@ -167,9 +173,7 @@ class BatchedNavigation2D:
         self.t = 0
         return self.state.clone()
 
-    def step(
-        self, actions: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         actions = actions.to(torch.float32).clamp(-self.max_velocity, self.max_velocity)
         active = ~self.done
         self.state = torch.where(active[..., None], self.state + actions, self.state)

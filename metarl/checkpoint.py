@@ -46,5 +46,7 @@ def load(path: Path) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is corrupted or truncated ({reason[:120]})"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a metarl checkpoint (format {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is not a metarl checkpoint (format {FORMAT_VERSION})"
+        )
     return state

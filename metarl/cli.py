@@ -25,13 +25,27 @@ def _parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="meta-train from a TOML experiment")
     train.add_argument("config", nargs="?", help="experiment TOML (optional with --resume)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key, e.g. --set algo.inner_lr=0.05 (repeatable)")
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set algo.inner_lr=0.05 (repeatable)",
+    )
     train.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override run.device")
     train.add_argument("--seed", type=int, help="override run.seed")
     train.add_argument("--data-root", help="override data.root (supervised data sets)")
-    train.add_argument("--run-dir", type=Path, help="run directory (default: runs/<family>__<algo>__s<seed>__<time>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    train.add_argument(
+        "--run-dir",
+        type=Path,
+        help="run directory (default: runs/<family>__<algo>__s<seed>__<time>)",
+    )
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint",
+    )
 
     ev = sub.add_parser("evaluate", help="adaptation table of a trained run on held-out tasks")
     ev.add_argument("run_dir", type=Path)
@@ -53,7 +67,9 @@ def _train(args: argparse.Namespace) -> None:
 
     if args.config is None:
         if not (args.resume and args.run_dir):
-            raise MetarlError("train needs CONFIG (or --resume --run-dir DIR to continue a run with its own config)")
+            raise MetarlError(
+                "train needs CONFIG (or --resume --run-dir DIR to continue a run with its own config)"
+            )
         path = args.run_dir / run.CONFIG_FILE
         if not path.is_file():
             raise MetarlError(f"cannot resume {str(args.run_dir)!r}: it holds no {run.CONFIG_FILE}")
@@ -79,7 +95,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise MetarlError(f"--num-tasks must be >= 2 for a confidence interval, got {args.num_tasks}")
     if args.steps < 0:
         raise MetarlError(f"--steps must be >= 0, got {args.steps}")
-    _, paths = run.evaluate(args.run_dir, args.split, args.num_tasks, args.steps, args.checkpoint, args.device)
+    _, paths = run.evaluate(
+        args.run_dir, args.split, args.num_tasks, args.steps, args.checkpoint, args.device
+    )
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 

@@ -18,11 +18,12 @@ values are parsed by ``tomllib`` and never evaluated.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
+
+import tomllib
 
 from metarl.errors import ConfigError
 
@@ -246,7 +247,9 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> ExperimentConfig:
     for assignment in overrides:
         keys, value = parse_override(assignment)
         if len(keys) < 2:
-            raise ConfigError(f"--set {assignment!r}: keys look like SECTION.KEY; sections: run, env, data, algo")
+            raise ConfigError(
+                f"--set {assignment!r}: keys look like SECTION.KEY; sections: run, env, data, algo"
+            )
         table = raw.setdefault(keys[0], {})
         for k in keys[1:-1]:
             if not isinstance(table, dict):

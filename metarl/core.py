@@ -106,9 +106,7 @@ class MetaLearner(abc.ABC, Generic[Support, Adapted]):
         """Restore what ``state_dict`` returned."""
 
 
-def adaptation_curve(
-    learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int
-) -> torch.Tensor:
+def adaptation_curve(learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int) -> torch.Tensor:
     """The metric after ``0..steps`` adaptation steps on each task: a ``[steps + 1, num_tasks]`` tensor.
 
     This is the one evaluation loop every meta-learner goes through; ``metarl.evaluation`` adds the

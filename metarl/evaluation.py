@@ -81,9 +81,7 @@ class AdaptationCurve:
         return cls(data["metric"], list(data["mean"]), list(data["ci95"]), list(data["per_task"]))
 
 
-def evaluate_adaptation(
-    learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int
-) -> AdaptationCurve:
+def evaluate_adaptation(learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int) -> AdaptationCurve:
     """Adapt ``learner`` to each of ``tasks`` for ``0..steps`` steps and summarise the metric per step."""
     curve = adaptation_curve(learner, tasks, steps)
     stats = [mean_ci95(row) for row in curve]
@@ -137,9 +135,7 @@ def write_report(
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-    paths["json"].write_text(
-        json.dumps({name: c.to_dict() for name, c in curves.items()}, indent=2) + "\n"
-    )
+    paths["json"].write_text(json.dumps({name: c.to_dict() for name, c in curves.items()}, indent=2) + "\n")
     paths["md"].write_text(f"# {title}\n\n{markdown_table(curves)}\n")
     plot(curves, paths["png"], title)
     return paths

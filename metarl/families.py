@@ -37,9 +37,7 @@ def _import_class(path: str) -> type:
     return cls
 
 
-def env_factory(
-    env_id: str, kwargs: dict[str, Any], max_episode_steps: int | None
-) -> Callable[[], gym.Env]:
+def env_factory(env_id: str, kwargs: dict[str, Any], max_episode_steps: int | None) -> Callable[[], gym.Env]:
     """A zero-argument constructor of the family's env, validated once (it builds one env to check it).
 
     ``env_id`` is a registered id (``metarl/Navigation2D-v0``) or ``"module:Class"``; only the module the user

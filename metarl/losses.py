@@ -69,9 +69,7 @@ def baseline_features(obs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return feats * mask[..., None]
 
 
-def fit_linear_baseline(
-    features: torch.Tensor, returns: torch.Tensor, reg: float = 1e-5
-) -> torch.Tensor:
+def fit_linear_baseline(features: torch.Tensor, returns: torch.Tensor, reg: float = 1e-5) -> torch.Tensor:
     """Ridge regression of ``returns [T, B]`` on ``features [T, B, F]``; returns the fitted values ``[T, B]``.
 
     Solves ``(XᵀX + reg·I) w = Xᵀy`` in float64 over the valid steps (padding rows are zero), as rllab's
@@ -107,7 +105,10 @@ def vpg_loss(log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tens
 
 
 def likelihood_ratio_loss(
-    log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
 ) -> torch.Tensor:
     """TRPO surrogate ``−Σ_t m_t (π(a_t|s_t) / π_old(a_t|s_t)) A_t / Σ_t m_t``, ``[T, B]`` inputs.
 

@@ -1,4 +1,4 @@
-"""Policies used functionally: parameters live in an explicit dict so fast weights can be vmapped over tasks."""
+"""Policies used functionally: parameters are an explicit dict, so fast weights vmap over tasks."""
 
 from __future__ import annotations
 

@@ -161,7 +161,11 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
 
 
 def _state(
-    learner: MetaLearner[Any, Any], rng: np.random.Generator, iteration: int, env_steps: int, best: float
+    learner: MetaLearner[Any, Any],
+    rng: np.random.Generator,
+    iteration: int,
+    env_steps: int,
+    best: float,
 ) -> dict[str, Any]:
     return {
         "learner": learner.state_dict(),

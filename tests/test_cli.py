@@ -52,14 +52,20 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_the_run_dir(trained_run: Path) -> None:
-    for name in ("config.json", "tasks.json", "metrics.jsonl", "checkpoints/latest.pt", "checkpoints/best.pt"):
+    for name in (
+        "config.json",
+        "tasks.json",
+        "metrics.jsonl",
+        "checkpoints/latest.pt",
+        "checkpoints/best.pt",
+    ):
         assert (trained_run / name).is_file(), name
     config = json.loads((trained_run / "config.json").read_text())
     assert config["algo"]["name"] == "maml_rl" and config["algo"]["gamma"] == 0.99  # defaults resolved
     assert len(json.loads((trained_run / "tasks.json").read_text())["tasks"]) == 4
     rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
-    assert all(b["env_steps"] > a["env_steps"] for a, b in zip(rows, rows[1:]))
+    assert all(b["env_steps"] > a["env_steps"] for a, b in zip(rows, rows[1:], strict=False))
     assert not list(trained_run.glob("checkpoints/*.tmp"))
 
 
@@ -96,8 +102,12 @@ def test_resume_after_kill_equals_uninterrupted(tiny_config, tmp_path: Path) -> 
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, "-m", "metarl.cli", "train", str(config), "--run-dir", str(killed)]
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    child = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     metrics = killed / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -117,7 +127,9 @@ def test_resume_after_kill_equals_uninterrupted(tiny_config, tmp_path: Path) -> 
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()
+    }
 
 
 def one_clean_line(proc: subprocess.CompletedProcess, pattern: str) -> None:
@@ -134,13 +146,26 @@ def test_bad_inputs_exit_2_with_one_line(trained_run: Path, tiny_config, tmp_pat
     cases = [
         (["train", str(tmp_path / "missing.toml")], "does not exist"),
         (["train", str(config), "--set", "algo.bogus=1"], "unknown key 'algo.bogus'"),
-        (["train", str(config), "--set", "run.iterations='many'"], "run.iterations: expected an integer"),
+        (
+            ["train", str(config), "--set", "run.iterations='many'"],
+            "run.iterations: expected an integer",
+        ),
         (["train", str(config), "--set", "algo.inner_lr=-1"], "algo.inner_lr must be > 0"),
         (["train", str(config), "--set", "env.id='metarl/Nope-v0'"], "metarl/Navigation2D-v0"),
         (["train", str(config), "--set", "algo.name='nope'"], "valid: maml_rl"),
         (["train", str(config), "--run-dir", str(trained_run)], "already exists"),
-        (["train", str(config), "--run-dir", str(trained_run), "--resume", "--set", "algo.outer_lr=0.1"],
-         "differs in algo.outer_lr"),
+        (
+            [
+                "train",
+                str(config),
+                "--run-dir",
+                str(trained_run),
+                "--resume",
+                "--set",
+                "algo.outer_lr=0.1",
+            ],
+            "differs in algo.outer_lr",
+        ),
         (["train", str(config), "--device", "tpu"], "invalid choice"),
         (["evaluate", str(tmp_path)], "not a run dir"),
     ]
@@ -157,8 +182,10 @@ def test_corrupted_checkpoint_is_refused(trained_run: Path, tmp_path: Path) -> N
     latest = copy / "checkpoints" / "latest.pt"
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # truncated
     before = snapshot(copy)
-    one_clean_line(run_cli("train", str(copy / "config.json"), "--run-dir", str(copy), "--resume"),
-                   "not valid TOML")
+    one_clean_line(
+        run_cli("train", str(copy / "config.json"), "--run-dir", str(copy), "--resume"),
+        "not valid TOML",
+    )
     one_clean_line(run_cli("train", "--run-dir", str(copy), "--resume"), "corrupted or truncated")
     one_clean_line(run_cli("evaluate", str(copy)), "corrupted or truncated")
     assert snapshot(copy) == before
@@ -206,10 +233,11 @@ class LineFamily(TaskFamily, gym.Env):
 
 def test_user_family_trains_with_the_same_command(tiny_config, tmp_path: Path) -> None:
     (tmp_path / "my_family.py").write_text(USER_FAMILY)
-    config = tiny_config(iterations=2, env_id="my_family:LineFamily",
-                         extra="")
-    text = config.read_text().replace('id = "my_family:LineFamily"',
-                                      'id = "my_family:LineFamily"\nmax_episode_steps = 10\nkwargs = { scale = 0.5 }')
+    config = tiny_config(iterations=2, env_id="my_family:LineFamily", extra="")
+    text = config.read_text().replace(
+        'id = "my_family:LineFamily"',
+        'id = "my_family:LineFamily"\nmax_episode_steps = 10\nkwargs = { scale = 0.5 }',
+    )
     config.write_text(text)
     env = {"PYTHONPATH": str(tmp_path)}
     run_dir = tmp_path / "run"
@@ -219,5 +247,15 @@ def test_user_family_trains_with_the_same_command(tiny_config, tmp_path: Path) -
     assert all(abs(t["target"]) <= 0.5 for t in tasks)
     proc = run_cli("evaluate", str(run_dir), "--num-tasks", "3", "--steps", "1", env=env)
     assert proc.returncode == 0, proc.stderr
-    one_clean_line(run_cli("train", str(config), "--run-dir", str(tmp_path / "r2"),
-                           "--set", "env.id='my_family:Nope'", env=env), "has no class 'Nope'")
+    one_clean_line(
+        run_cli(
+            "train",
+            str(config),
+            "--run-dir",
+            str(tmp_path / "r2"),
+            "--set",
+            "env.id='my_family:Nope'",
+            env=env,
+        ),
+        "has no class 'Nope'",
+    )

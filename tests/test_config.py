@@ -14,7 +14,11 @@ BASE = {"env": {"id": "metarl/Navigation2D-v0"}, "algo": {"name": "maml_rl"}}
 def test_defaults_are_the_papers() -> None:
     cfg = resolve(BASE)
     assert cfg.algo == MAMLRLConfig()
-    assert (cfg.algo.meta_batch_size, cfg.algo.rollouts_per_task, cfg.algo.inner_lr) == (20, 20, 0.1)
+    assert (cfg.algo.meta_batch_size, cfg.algo.rollouts_per_task, cfg.algo.inner_lr) == (
+        20,
+        20,
+        0.1,
+    )
     assert cfg.algo.hidden_sizes == (100, 100) and cfg.algo.gamma == 0.99
     assert cfg.run == RunConfig()
 
@@ -22,16 +26,52 @@ def test_defaults_are_the_papers() -> None:
 @pytest.mark.parametrize(
     ("raw", "overrides", "message"),
     [
-        ({**BASE, "algo": {"name": "maml_rl", "inner_lrr": 0.1}}, [], r"unknown key 'algo.inner_lrr'; valid: .*inner_lr"),
-        ({**BASE, "run": {"iterations": "ten"}}, [], r"run.iterations: expected an integer, got 'ten'"),
+        (
+            {**BASE, "algo": {"name": "maml_rl", "inner_lrr": 0.1}},
+            [],
+            r"unknown key 'algo.inner_lrr'; valid: .*inner_lr",
+        ),
+        (
+            {**BASE, "run": {"iterations": "ten"}},
+            [],
+            r"run.iterations: expected an integer, got 'ten'",
+        ),
         ({**BASE, "run": {"iterations": 0}}, [], r"run.iterations must be >= 1, got 0"),
-        ({**BASE, "run": {"device": "gpu"}}, [], r"run.device: 'gpu' is not valid; valid: auto, cpu, cuda"),
-        ({**BASE, "algo": {"name": "reptile"}}, [], r"algo.name 'reptile' is not an algorithm; valid: maml_rl"),
-        ({**BASE, "algo": {"name": "maml_rl", "gamma": 1.5}}, [], r"algo.gamma must be in \(0, 1\]"),
-        ({**BASE, "algo": {"name": "maml_rl", "activation": "gelu"}}, [], r"algo.activation must be one of"),
-        ({**BASE, "algo": {"name": "maml_rl", "first_order": 1}}, [], r"algo.first_order: expected true or false"),
-        ({**BASE, "algo": {"name": "maml_rl", "hidden_sizes": [64, "x"]}}, [], r"algo.hidden_sizes\[1\]"),
-        ({**BASE, "trainer": {}}, [], r"unknown section\(s\) \['trainer'\]; valid: algo, data, env, run"),
+        (
+            {**BASE, "run": {"device": "gpu"}},
+            [],
+            r"run.device: 'gpu' is not valid; valid: auto, cpu, cuda",
+        ),
+        (
+            {**BASE, "algo": {"name": "reptile"}},
+            [],
+            r"algo.name 'reptile' is not an algorithm; valid: maml_rl",
+        ),
+        (
+            {**BASE, "algo": {"name": "maml_rl", "gamma": 1.5}},
+            [],
+            r"algo.gamma must be in \(0, 1\]",
+        ),
+        (
+            {**BASE, "algo": {"name": "maml_rl", "activation": "gelu"}},
+            [],
+            r"algo.activation must be one of",
+        ),
+        (
+            {**BASE, "algo": {"name": "maml_rl", "first_order": 1}},
+            [],
+            r"algo.first_order: expected true or false",
+        ),
+        (
+            {**BASE, "algo": {"name": "maml_rl", "hidden_sizes": [64, "x"]}},
+            [],
+            r"algo.hidden_sizes\[1\]",
+        ),
+        (
+            {**BASE, "trainer": {}},
+            [],
+            r"unknown section\(s\) \['trainer'\]; valid: algo, data, env, run",
+        ),
         ({**BASE, "data": {"ways": 5}}, [], r"section \[data\] is not used by algo.name 'maml_rl'"),
         (BASE, ["algo.outer_lr"], r"expected KEY=VALUE"),
         (BASE, ["outer_lr=3"], r"keys look like SECTION.KEY"),
