@@ -16,6 +16,7 @@ import argparse
 import os
 
 import numpy as np
+
 from metarl.config import resolve
 from metarl.run import Experiment, resolve_device
 
@@ -33,17 +34,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the learner)")
     args = parser.parse_args()
 
-    config = resolve({
-        "run": {"num_threads": args.threads},
-        "env": {"id": args.env, "max_episode_steps": args.horizon},
-        "algo": {
-            "name": "maml_rl",
-            "outer": args.outer,
-            "meta_batch_size": args.meta_batch,
-            "rollouts_per_task": args.rollouts,
-            "first_order": args.first_order,
-        },
-    })
+    config = resolve(
+        {
+            "run": {"num_threads": args.threads},
+            "env": {"id": args.env, "max_episode_steps": args.horizon},
+            "algo": {
+                "name": "maml_rl",
+                "outer": args.outer,
+                "meta_batch_size": args.meta_batch,
+                "rollouts_per_task": args.rollouts,
+                "first_order": args.first_order,
+            },
+        }
+    )
     device = resolve_device(args.device)
     exp = Experiment.build(config, device)
     tasks, learner = exp.tasks, exp.learner
@@ -53,7 +56,9 @@ def main() -> None:
         f"outer={args.outer}, first_order={args.first_order}, device={device}, "
         f"torch threads={args.threads}, cores={len(os.sched_getaffinity(0))}"
     )
-    print(f"{'iter':>4} {'env steps':>10} {'sampling s':>11} {'inner s':>8} {'outer s':>8} {'total s':>8} {'total/sampling':>15}")
+    columns = ("iter", "env steps", "sampling s", "inner s", "outer s", "total s", "total/sampling")
+    widths = (4, 10, 11, 8, 8, 8, 15)
+    print(" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
     for i in range(args.iterations):
         m = learner.meta_update(tasks.sample(args.meta_batch, split="train", rng=rng))
         print(

@@ -88,30 +88,50 @@ class EnvConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """The data set of a supervised few-shot experiment and its N-way K-shot episodes.
+    """The data set of a supervised few-shot experiment and its N-way K-shot episodes (``metarl.data``).
 
     Attributes:
-        dataset: ``"omniglot"`` (standard folder layout), ``"image_folder"`` (one folder per class) or
-            ``"sinusoid"`` (generated regression tasks, MAML §5.1).
+        dataset: ``"omniglot"`` (standard folder layout), ``"image_folder"`` (``root/{train,test}/<class>/``)
+            or ``"sinusoid"`` (generated regression tasks, MAML §5.1).
         root: the data set's root folder (``--data-root``); unused for ``sinusoid``.
-        split: class split: ``"vinyals"`` (Vinyals et al. 2016 list files) or ``"maml"`` (1200 training
-            characters, Finn et al. 2017).
-        ways: classes per episode (N).
-        shots: labelled examples per class in the support set (K).
-        queries: query examples per class.
+        split: Omniglot class split: ``"vinyals"`` (Vinyals et al. 2016 list files), ``"maml"`` (1200
+            training characters, Finn et al. 2017) or ``"lake"`` (train on ``images_background``, test on
+            Lake et al. 2015's twenty 20-way one-shot ``all_runs``).
+        ways: classes per test episode (N).
+        shots: labelled examples per class in a test support set (K); support points for sinusoid.
+        queries: query examples per class (query points per sinusoid task).
+        train_ways: classes per training episode; 0 = ``ways`` (ProtoNets train 60-way, Snell et al. §3).
+        train_shots: support examples per class in training; 0 = ``shots`` (sinusoid trains with K = 10).
+        train_queries: query examples per class in training; 0 = ``queries``.
+        image_size: images are resized to ``image_size × image_size`` (28 for Omniglot).
+        channels: 1 (grey-scale, inverted) or 3 (RGB) for ``image_folder``; Omniglot is grey-scale.
+        rotations: Omniglot rotations by 90/180/270° as new classes (Santoro et al. 2016).
+        cache_dir: where decoded images are cached (empty: ``$METARL_CACHE`` or ``~/.cache/metarl``).
     """
 
     dataset: Literal["omniglot", "image_folder", "sinusoid"] = "omniglot"
     root: str = ""
-    split: Literal["vinyals", "maml"] = "vinyals"
+    split: Literal["vinyals", "maml", "lake"] = "vinyals"
     ways: int = 5
     shots: int = 1
     queries: int = 15
+    train_ways: int = 0
+    train_shots: int = 0
+    train_queries: int = 0
+    image_size: int = 28
+    channels: int = 1
+    rotations: bool = True
+    cache_dir: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("ways", "shots", "queries"):
+        for name in ("ways", "shots", "queries", "image_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("train_ways", "train_shots", "train_queries"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: the test value), got {getattr(self, name)}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
 
 
 @dataclasses.dataclass(frozen=True)

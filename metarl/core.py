@@ -96,6 +96,14 @@ class MetaLearner(abc.ABC, Generic[Support, Adapted]):
         iteration): the trainer's x-axis.
         """
 
+    def selection_score(self, curve_mean: Sequence[float]) -> float:
+        """The score that picks ``best.pt`` from a held-out curve (``mean`` per step; higher is better).
+
+        Default: the metric after the last adaptation step. A learner whose objective is the whole curve
+        (RL²'s trial return) overrides it.
+        """
+        return curve_mean[-1] if self.higher_is_better else -curve_mean[-1]
+
     # -- persistence ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:

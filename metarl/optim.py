@@ -89,7 +89,8 @@ def backtracking_line_search(
     num_steps: int = 15,
     decay: float = 0.8,
 ) -> LineSearchResult:
-    """Try fractions ``1, decay, decay², …`` of a step; accept the first that lowers the loss within the constraint.
+    """Try fractions ``1, decay, decay², …`` of a step; accept the first that lowers the loss within the
+    constraint.
 
     rllab's ``ConjugateGradientOptimizer`` (used by MAML-TRPO): a candidate is accepted when
     ``loss < loss_before`` and ``constraint ≤ max_constraint``; if none of the ``num_steps`` candidates is,

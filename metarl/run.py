@@ -143,7 +143,7 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
             curve = evaluate_adaptation(learner, held_out, run.eval_steps)
             for k, value in enumerate(curve.mean):
                 metrics[f"meta_test/{metric}_step_{k}"] = value
-            score = curve.mean[-1] if learner.higher_is_better else -curve.mean[-1]
+            score = learner.selection_score(curve.mean)
             if score > best:
                 best = score
                 checkpoint.save(ckpt_dir / "best.pt", _state(learner, rng, iteration, env_steps, best))

@@ -74,14 +74,20 @@ def test_first_order_drops_exactly_the_hessian_term() -> None:
 
     # dropped term: −α Σ_i ∇²L_in,i(θ) ∇_{θ'_i} L_out / N, a Hessian-vector product per task
     expanded = {k: v.expand(3, *v.shape) for k, v in zip(names, theta, strict=True)}
-    adapted = {k: v.detach().requires_grad_(True) for k, v in learner._inner_step(expanded, support, 0.1, False).items()}
+    adapted = {
+        k: v.detach().requires_grad_(True)
+        for k, v in learner._inner_step(expanded, support, 0.1, False).items()
+    }
     out_grad = torch.autograd.grad(learner._task_losses(adapted, query).mean(), list(adapted.values()))
     dropped = [torch.zeros_like(p) for p in theta]
     ep = support.episodes
     for task in range(3):
+
         def inner(*flat: torch.Tensor, task: int = task) -> torch.Tensor:
             p = dict(zip(names, flat, strict=True))
-            return learner._surrogate(p, ep.obs[:, task], ep.actions[:, task], support.advantages[:, task], ep.mask[:, task])
+            return learner._surrogate(
+                p, ep.obs[:, task], ep.actions[:, task], support.advantages[:, task], ep.mask[:, task]
+            )
 
         _, hvp = torch.autograd.functional.hvp(inner, tuple(theta), tuple(g[task] for g in out_grad))
         for k in range(len(theta)):

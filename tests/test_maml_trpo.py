@@ -1,4 +1,4 @@
-"""MAML-RL's outer loops: CG and line search on closed-form quadratics, TRPO/PPO steps, Meta-SGD, baselines."""
+"""MAML-RL's outer loops: CG and line search on closed-form quadratics, TRPO/PPO, Meta-SGD, baselines."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def test_conjugate_gradient_solves_spd_system() -> None:
     assert torch.allclose(x, torch.linalg.solve(a, b), atol=1e-9)
     # few iterations on a well-conditioned system are already close; zero rhs gives zero
     well = torch.eye(6, dtype=torch.float64) * 2 + 0.01 * (q + q.T)
-    assert torch.allclose(optim.conjugate_gradient(lambda v: well @ v, b, 10), torch.linalg.solve(well, b), atol=1e-8)
+    x = optim.conjugate_gradient(lambda v: well @ v, b, 10)
+    assert torch.allclose(x, torch.linalg.solve(well, b), atol=1e-8)
     assert not optim.conjugate_gradient(lambda v: a @ v, torch.zeros(6, dtype=torch.float64)).any()
 
 
@@ -52,7 +53,8 @@ def test_line_search_returns_the_first_admissible_fraction() -> None:
     # 1, 0.8, 0.64 do not improve, 0.512 violates the constraint, 0.4096 is accepted.
     result = optim.backtracking_line_search(lambda t: ((t - 0.3) ** 2 - 0.09, t * t), 0.0, 0.25, 15, 0.8)
     assert result.fraction == pytest.approx(0.8**4) and result.evaluations == 5
-    assert result.loss == pytest.approx((0.8**4 - 0.3) ** 2 - 0.09) and result.constraint == pytest.approx(0.8**8)
+    assert result.loss == pytest.approx((0.8**4 - 0.3) ** 2 - 0.09)
+    assert result.constraint == pytest.approx(0.8**8)
 
 
 def test_line_search_rejects_when_the_constraint_is_always_violated() -> None:
@@ -72,7 +74,8 @@ def test_ppo_clip_loss_hand_computed() -> None:
     expected = -(1.2 - 0.8 + 2.2) / 3
     assert losses.ppo_clip_loss(log_probs, old, adv, mask, 0.2).item() == pytest.approx(expected)
     # the likelihood-ratio (TRPO) surrogate is the unclipped version
-    assert losses.likelihood_ratio_loss(log_probs, old, adv, mask).item() == pytest.approx(-(1.5 - 0.5 + 2.2) / 3)
+    trpo = losses.likelihood_ratio_loss(log_probs, old, adv, mask)
+    assert trpo.item() == pytest.approx(-(1.5 - 0.5 + 2.2) / 3)
 
 
 def test_gaussian_kl_matches_torch_distributions() -> None:
@@ -128,7 +131,8 @@ def test_every_outer_loop_updates_and_logs(outer: str) -> None:
     metrics = learner.meta_update(family.held_out(3, seed=2))
     for key in ("losses/outer_loss", "losses/kl", "losses/surrogate_improvement", "time/outer_s"):
         assert math.isfinite(metrics[key]), key
-    assert metrics["time/sampling_s"] + metrics["time/inner_s"] + metrics["time/outer_s"] <= metrics["time/iteration_s"]
+    split = metrics["time/sampling_s"] + metrics["time/inner_s"] + metrics["time/outer_s"]
+    assert split <= metrics["time/iteration_s"]
     if outer == "ppo":
         assert 0 <= metrics["losses/clip_fraction"] <= 1
 

@@ -64,7 +64,8 @@ def test_batched_matches_gymnasium_including_termination() -> None:
     rng = np.random.default_rng(1)
     alive = np.ones(6, dtype=bool)
     for t in range(10):
-        actions = np.where(np.arange(6)[:, None] < 3, [0.05, 0.0], rng.normal(0, 0.1, (6, 2))).astype(np.float32)
+        noise = rng.normal(0, 0.1, (6, 2))
+        actions = np.where(np.arange(6)[:, None] < 3, [0.05, 0.0], noise).astype(np.float32)
         obs, reward, terminated, truncated = batched.step(torch.from_numpy(actions.reshape(2, 3, 2)))
         for i in np.flatnonzero(alive):
             o, r, term, _, _ = singles[i].step(actions[i])

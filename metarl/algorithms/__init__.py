@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from metarl.algorithms import maml_supervised, matching_nets, protonets, rl2, transfer
 from metarl.algorithms.maml_rl import MAMLRL, MAMLRLConfig, PretrainedRLConfig
 from metarl.core import MetaLearner, TaskSampler
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
@@ -50,5 +51,34 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         PretrainedRLConfig,
         "MAML-RL's pretrained baseline: one policy trained on all tasks without inner steps, fine-tuned at test",
         _build_maml_rl,
+    ),
+    "maml_supervised": AlgorithmSpec(
+        maml_supervised.MAMLSupervisedConfig,
+        "MAML / FOMAML / Meta-SGD on few-shot episodes or sinusoids, vmapped over tasks (Finn et al. 2017)",
+        maml_supervised.build,
+        source="data",
+    ),
+    "protonets": AlgorithmSpec(
+        protonets.ProtoNetsConfig,
+        "Prototypical Networks: nearest class mean in a conv4 embedding (Snell et al. 2017)",
+        protonets.build,
+        source="data",
+    ),
+    "matching_nets": AlgorithmSpec(
+        matching_nets.MatchingNetsConfig,
+        "Matching Networks: cosine attention over the support set, optional FCE (Vinyals et al. 2016)",
+        matching_nets.build,
+        source="data",
+    ),
+    "transfer": AlgorithmSpec(
+        transfer.TransferConfig,
+        "Transfer baselines: pretrain a classifier on all training classes, fine-tune on the support set",
+        transfer.build,
+        source="data",
+    ),
+    "rl2": AlgorithmSpec(
+        rl2.RL2Config,
+        "RL²: a GRU whose hidden state persists across a trial's episodes, trained by PPO (Duan et al. 2016)",
+        rl2.build,
     ),
 }

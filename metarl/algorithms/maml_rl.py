@@ -41,14 +41,14 @@ Logged metrics (TensorBoard tags, x-axis = environment steps):
   ``vpg``; the likelihood-ratio surrogate for ``trpo``; the clipped surrogate for ``ppo``).
 - ``losses/surrogate_improvement``: decrease of the likelihood-ratio surrogate achieved by the update.
 - ``losses/kl``: ``mean_i KL(π_{θ'_i,old} ‖ π_{θ'_i,new})`` on the query states after the update.
-- ``losses/inner_loss``: the inner surrogate at ``θ`` averaged over tasks (absent when there is no inner step).
+- ``losses/inner_loss``: the inner surrogate at ``θ`` averaged over tasks (absent without inner steps).
 - ``losses/policy_std``: the mean standard deviation of the Gaussian policy.
 - ``losses/step_fraction`` (trpo): accepted fraction of the full trust-region step (0: step rejected).
 - ``losses/line_search_evals`` (trpo): candidates the line search evaluated.
-- ``losses/clip_fraction`` (ppo): fraction of query steps whose ratio left ``[1 − ε, 1 + ε]`` at the last epoch.
-- ``time/sampling_s``: rollouts (support and query); ``time/inner_s``: the inner adaptation steps run to
-  collect data; ``time/outer_s``: the outer update (re-adaptation, gradients, CG, line search / epochs);
-  ``time/iteration_s``: the whole meta-iteration.
+- ``losses/clip_fraction`` (ppo): fraction of query steps with ratio outside ``[1 − ε, 1 + ε]`` (last epoch).
+- ``time/sampling_s``: rollouts (support and query) and their advantages (baseline fit, GAE);
+  ``time/inner_s``: the inner adaptation steps run to collect data; ``time/outer_s``: the outer update
+  (re-adaptation, gradients, CG, line search / epochs); ``time/iteration_s``: the whole meta-iteration.
 """
 
 from __future__ import annotations
@@ -135,8 +135,15 @@ class MAMLRLConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "meta_batch_size", "rollouts_per_task", "inner_lr", "outer_lr", "max_kl", "cg_iters",
-            "line_search_steps", "ppo_clip", "ppo_epochs",
+            "meta_batch_size",
+            "rollouts_per_task",
+            "inner_lr",
+            "outer_lr",
+            "max_kl",
+            "cg_iters",
+            "line_search_steps",
+            "ppo_clip",
+            "ppo_epochs",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -145,7 +152,8 @@ class MAMLRLConfig:
             raise ValueError(f"num_inner_steps must be >= 0, got {self.num_inner_steps}")
         if self.inner_lrs and len(self.inner_lrs) != self.num_inner_steps:
             raise ValueError(
-                f"inner_lrs must give one step size per inner step ({self.num_inner_steps}), got {self.inner_lrs}"
+                f"inner_lrs must give one step size per inner step ({self.num_inner_steps}), "
+                f"got {self.inner_lrs}"
             )
         if any(lr <= 0 for lr in self.inner_lrs):
             raise ValueError(f"inner_lrs must be positive step sizes, got {self.inner_lrs}")
@@ -195,7 +203,7 @@ class Batch(NamedTuple):
 
 
 class OldPolicy(NamedTuple):
-    """The adapted policies that sampled the query episodes, evaluated on them (constants), ``[T, N, E, ·]``."""
+    """The sampling-time adapted policies on the query episodes: constants ``[T, N, E, ·]``."""
 
     mean: torch.Tensor
     log_std: torch.Tensor
@@ -303,7 +311,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
         )
 
     def _inner_step(self, params: Params, batch: Batch, lr: float | Params, create_graph: bool) -> Params:
-        """``θ'_i = θ_i − α ⊙ ∇L_{T_i}(θ_i)`` for every task; ``lr`` is a float or per-parameter (Meta-SGD)."""
+        """``θ'_i = θ_i − α ⊙ ∇L_{T_i}(θ_i)`` for every task; ``lr``: a float or per parameter (Meta-SGD)."""
 
         def step(p: Params, obs, actions, advantages, mask) -> Params:
             g = grad(self._surrogate)(p, obs, actions, advantages, mask)
@@ -312,9 +320,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
             return {k: p[k] - (lr[k] if isinstance(lr, dict) else lr) * g[k] for k in p}
 
         ep = batch.episodes
-        return vmap(step, in_dims=(0, 1, 1, 1, 1))(
-            params, ep.obs, ep.actions, batch.advantages, ep.mask
-        )
+        return vmap(step, in_dims=(0, 1, 1, 1, 1))(params, ep.obs, ep.actions, batch.advantages, ep.mask)
 
     def _lr(self, meta: Params, step: int, training: bool) -> float | Params:
         """Step size of inner step ``step``: learned per parameter (Meta-SGD) or the configured schedule."""
@@ -355,11 +361,15 @@ class MAMLRL(MetaLearner[Batch, Params]):
         meta = {k: v.detach() for k, v in self.meta_parameters().items()}
         theta = params = self.initial(tasks)
         supports: list[Batch] = []
+        metrics: dict[str, float] = {}
         for step in range(cfg.num_inner_steps):
             ts = time.perf_counter()
             supports.append(self.support(tasks, params, step))
             sampling += time.perf_counter() - ts
             ti = time.perf_counter()
+            if step == 0:  # before the outer step: θ's tensors are updated in place
+                with torch.no_grad():
+                    metrics["losses/inner_loss"] = float(self._task_losses(theta, supports[0]).mean())
             params = self._inner_step(params, supports[-1], self._lr(meta, step, True), False)
             params = {k: v.detach() for k, v in params.items()}
             inner += time.perf_counter() - ti
@@ -369,22 +379,21 @@ class MAMLRL(MetaLearner[Batch, Params]):
 
         to = time.perf_counter()
         outer_step = {"trpo": self._trpo_step, "ppo": self._ppo_step, "vpg": self._vpg_step}[cfg.outer]
-        metrics = outer_step(supports, query, self._old_policy(params, query))
+        metrics.update(outer_step(supports, query, self._old_policy(params, query)))
         outer = time.perf_counter() - to
 
         first = supports[0] if supports else query
-        metrics.update({
-            "env_steps": float(sum(b.episodes.num_steps for b in [*supports, query])),
-            "meta_train/return_pre_adapt": float(first.episodes.task_returns().mean()),
-            "meta_train/return_post_adapt": float(query.episodes.task_returns().mean()),
-            "losses/policy_std": float(self.policy.log_std.detach().exp().mean()),
-            "time/sampling_s": sampling,
-            "time/inner_s": inner,
-            "time/outer_s": outer,
-        })
-        if supports:
-            with torch.no_grad():
-                metrics["losses/inner_loss"] = float(self._task_losses(theta, supports[0]).mean())
+        metrics.update(
+            {
+                "env_steps": float(sum(b.episodes.num_steps for b in [*supports, query])),
+                "meta_train/return_pre_adapt": float(first.episodes.task_returns().mean()),
+                "meta_train/return_post_adapt": float(query.episodes.task_returns().mean()),
+                "losses/policy_std": float(self.policy.log_std.detach().exp().mean()),
+                "time/sampling_s": sampling,
+                "time/inner_s": inner,
+                "time/outer_s": outer,
+            }
+        )
         if self.inner_lrs:
             metrics["meta_train/inner_lr_mean"] = float(_flat(list(self.inner_lrs.values())).detach().mean())
         metrics["time/iteration_s"] = time.perf_counter() - t0
@@ -404,7 +413,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
     def _query_terms(
         self, meta: Params, supports: Sequence[Batch], query: Batch, old: OldPolicy, create_graph: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Re-adapt from ``meta``; return ``log π_{θ'(θ)}(a|s)`` on the query ``[T, N, E]`` and the mean KL."""
+        """Re-adapt from ``meta``: ``log π_{θ'(θ)}(a|s)`` on the query ``[T, N, E]`` and the mean KL."""
         ep = query.episodes
         adapted = self._adapt(meta, supports, ep.obs.shape[1], create_graph)
         mean, log_std = self._distribution(adapted, ep.obs)
@@ -447,7 +456,8 @@ class MAMLRL(MetaLearner[Batch, Params]):
             evaluate, loss_before, cfg.max_kl, cfg.line_search_steps, cfg.line_search_decay
         )
         with torch.no_grad():
-            for leaf, new in zip(leaves, _unflat(theta_old + result.fraction * step, meta).values(), strict=True):
+            accepted = _unflat(theta_old + result.fraction * step, meta)
+            for leaf, new in zip(leaves, accepted.values(), strict=True):
                 leaf.copy_(new)
         return {
             "losses/outer_loss": loss_before,
@@ -463,7 +473,8 @@ class MAMLRL(MetaLearner[Batch, Params]):
         ep = query.episodes
         losses_seen = []
         for _ in range(cfg.ppo_epochs):
-            log_probs, _ = self._query_terms(self.meta_parameters(), supports, query, old, not cfg.first_order)
+            meta = self.meta_parameters()
+            log_probs, _ = self._query_terms(meta, supports, query, old, not cfg.first_order)
             loss = _per_task(
                 losses.ppo_clip_loss, log_probs, old.log_probs, query.advantages, ep.mask, clip=cfg.ppo_clip
             ).mean()
@@ -512,7 +523,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.policy.load_state_dict(state["policy"])
         if set(state["inner_lrs"]) != set(self.inner_lrs):
-            raise ValueError("checkpoint and config disagree on learn_inner_lr (the learned inner step sizes)")
+            raise ValueError("checkpoint and config disagree on learn_inner_lr (learned inner step sizes)")
         with torch.no_grad():
             for name, lr in self.inner_lrs.items():
                 lr.copy_(state["inner_lrs"][name])

@@ -1,0 +1,361 @@
+"""MAML, FOMAML and Meta-SGD for supervised few-shot learning (classification and sinusoid regression).
+
+Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
+arXiv:1703.03400, Algorithm 2. For each task ``T_i`` of a meta-batch, adapt the meta-parameters θ with
+``K`` gradient steps on the support loss, ``θ'_i = θ − α ∇_θ L^{support}_{T_i}(θ)``, then update θ with Adam
+on the query loss of the adapted parameters, ``Σ_i L^{query}_{T_i}(θ'_i(θ))``. The gradient flows through the
+inner update (second order); ``first_order`` stops it at ``∇L`` (FOMAML, §5.2). ``learn_inner_lr`` makes α a
+per-parameter meta-parameter (Meta-SGD: Li et al. 2017, arXiv:1707.09835).
+
+The inner loops of all tasks are one ``torch.func.vmap`` over the task dimension of
+``torch.func.grad`` of a ``functional_call`` — no per-task Python loop; ``experiments/
+benchmark_maml_supervised.py`` compares it with the per-task loop of learn2learn/higher (8–12× faster for
+the sinusoid MLP on CPU, but slower for conv4 on CPU, where per-task weights become a grouped convolution:
+``vectorize = false`` selects the loop, with identical gradients).
+
+Networks (§5.2): the conv4 of Vinyals et al. (64 filters 3×3, BatchNorm, ReLU, 2×2 max-pool; ×4) with a
+linear head for Omniglot, and a 2×40 ReLU MLP for sinusoids. **BatchNorm as in the MAML paper**: batch
+statistics in training *and* at test, no running averages (``track_running_stats=False``, the reference
+code's ``tf.contrib.layers.batch_norm`` with ``is_training`` left on). Each task's statistics come from its
+own support (inner loop) or query (outer loss) batch — ``vmap`` keeps tasks separate — so the evaluation is
+transductive over a query set, exactly as in the paper's numbers.
+
+Logged metrics (TensorBoard tags, x-axis = training tasks seen):
+
+- ``meta_train/<metric>_pre_adapt``: query accuracy (or MSE) of θ, before adaptation.
+- ``meta_train/<metric>_post_adapt``: query accuracy (or MSE) of the adapted θ'.
+- ``meta_train/inner_lr_mean``: mean learned inner step size (Meta-SGD only).
+- ``losses/inner_loss``: the support loss at θ, averaged over tasks.
+- ``losses/outer_loss``: the query loss at θ', averaged over tasks (what Adam minimises).
+- ``time/iteration_s``: the whole meta-iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from envs.base import Task
+from metarl.core import MetaLearner, TaskSampler
+from metarl.data import FewShotBatch
+
+Params = dict[str, torch.Tensor]
+
+
+@dataclasses.dataclass(frozen=True)
+class MAMLSupervisedConfig:
+    """Hyperparameters of supervised MAML; defaults are the paper's Omniglot 5-way settings (§5.2, App. A.1).
+
+    Attributes:
+        meta_batch_size: tasks per meta-iteration (32 for 5-way, 16 for 20-way; 25 for sinusoid).
+        num_inner_steps: inner gradient steps during meta-training (1 for 5-way, 5 for 20-way and sinusoid 1).
+        inner_lr: inner step size α (0.4 for 5-way Omniglot, 0.1 for 20-way, 0.01 for sinusoid).
+        outer_lr: Adam step size of the meta-update (1e-3).
+        first_order: FOMAML: drop the second-order term of the meta-gradient.
+        learn_inner_lr: Meta-SGD: per-parameter inner step sizes learned by the outer loop (initialised to
+            ``inner_lr``).
+        network: ``"conv4"`` (images) or ``"mlp"`` (sinusoid, ``hidden_sizes``).
+        hidden_channels: filters of each conv4 block (64).
+        hidden_sizes: hidden layers of the MLP (2×40 ReLU).
+        eval_chunk: tasks adapted at once at evaluation (memory only).
+        vectorize: ``vmap`` the meta-step over tasks (default); ``False`` loops over tasks. On CPU the conv4
+            meta-step is faster as a loop (per-task weights become a grouped convolution under ``vmap``;
+            see ``experiments/fewshot_report.md``); the MLP is many times faster vmapped.
+    """
+
+    meta_batch_size: int = 32
+    num_inner_steps: int = 1
+    inner_lr: float = 0.4
+    outer_lr: float = 1e-3
+    first_order: bool = False
+    learn_inner_lr: bool = False
+    network: Literal["conv4", "mlp"] = "conv4"
+    hidden_channels: int = 64
+    hidden_sizes: tuple[int, ...] = (40, 40)
+    eval_chunk: int = 100
+    vectorize: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("meta_batch_size", "inner_lr", "outer_lr", "hidden_channels", "eval_chunk"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.num_inner_steps < 1:
+            raise ValueError(f"num_inner_steps must be >= 1, got {self.num_inner_steps}")
+
+
+# -- networks --------------------------------------------------------------------------------------------
+class BatchStatNorm(nn.Module):
+    """BatchNorm that always normalises with the statistics of the batch it sees (MAML's BatchNorm).
+
+    Written with plain tensor ops rather than ``nn.BatchNorm2d(track_running_stats=False)``: in torch 2.13
+    the second-order gradient of ``F.batch_norm`` under ``vmap`` is wrong (off from the per-task
+    loop by up to 7e-2; ``tests/test_fewshot_maml.py`` checks the two agree with this module).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, unbiased=False, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+
+
+class Conv4(nn.Module):
+    """Four blocks of conv 3×3 (``hidden`` filters) → BatchNorm → ReLU → 2×2 max-pool, flattened
+    (Vinyals et al. 2016; 28×28 → 64 features), then a linear head when ``out_features > 0``.
+
+    ``track_running_stats=False`` gives MAML's BatchNorm (:class:`BatchStatNorm`: batch statistics always);
+    ``True`` the usual running averages used in ``eval()`` mode (Prototypical / Matching Networks).
+    """
+
+    def __init__(
+        self,
+        image_shape: tuple[int, ...],
+        hidden: int = 64,
+        out_features: int = 0,
+        track_running_stats: bool = True,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = image_shape[0]
+        for _ in range(4):
+            layers += [
+                nn.Conv2d(channels, hidden, 3, padding=1),
+                nn.BatchNorm2d(hidden) if track_running_stats else BatchStatNorm(hidden),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            channels = hidden
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        with torch.no_grad():
+            self.feature_dim = self.features(torch.zeros(2, *image_shape)).shape[-1]
+        self.head = nn.Linear(self.feature_dim, out_features) if out_features else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def mlp(sizes: Sequence[int]) -> nn.Sequential:
+    """ReLU MLP through ``sizes`` (input, hidden…, output)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+# -- the learner -----------------------------------------------------------------------------------------
+class MAMLState(NamedTuple):
+    """Tasks being adapted: their batch and the fast weights of each (``[T, *shape]`` per parameter)."""
+
+    batch: FewShotBatch
+    fast: Params
+
+
+class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
+    """MAML / FOMAML / Meta-SGD for classification (``accuracy``) or regression (``mse``).
+
+    Args:
+        config: the hyperparameters.
+        tasks: an :class:`~metarl.data.EpisodeSampler` or :class:`~metarl.data.SinusoidSampler` (it turns
+            tasks into :class:`~metarl.data.FewShotBatch` es).
+        device: where the parameters live.
+        ways: output classes (the head's width); 0 for regression.
+        seed: initialisation seed.
+    """
+
+    def __init__(
+        self, config: MAMLSupervisedConfig, tasks: TaskSampler, device: torch.device, ways: int, seed: int = 0
+    ) -> None:
+        self.config, self.tasks, self.device = config, tasks, device
+        self.regression = ways == 0
+        self.metric_name, self.higher_is_better = ("mse", False) if self.regression else ("accuracy", True)
+        torch.manual_seed(seed)  # initialisation only; no randomness after construction
+        if config.network == "mlp":
+            self.net: nn.Module = mlp((1, *config.hidden_sizes, 1 if self.regression else ways))
+        else:
+            shape = tuple(tasks.dataset.images.shape[1:])  # type: ignore[attr-defined]
+            self.net = Conv4(shape, config.hidden_channels, ways or 1, track_running_stats=False)
+        self.net.to(device)
+        self.params: Params = {k: v.detach().requires_grad_() for k, v in self.net.named_parameters()}
+        self.inner_lrs: Params = {
+            k: torch.full_like(v, config.inner_lr).requires_grad_() for k, v in self.params.items()
+        }
+        meta = list(self.params.values()) + (list(self.inner_lrs.values()) if config.learn_inner_lr else [])
+        self.optimizer = torch.optim.Adam(meta, lr=config.outer_lr)
+
+    # -- the per-task math, vmapped over tasks ----------------------------------------------------------
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Loss of one task's examples: cross-entropy, or MSE for regression."""
+        out = functional_call(self.net, params, (x,))
+        return F.mse_loss(out, y) if self.regression else F.cross_entropy(out, y)
+
+    def metric(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = functional_call(self.net, params, (x,))
+        return F.mse_loss(out, y) if self.regression else (out.argmax(-1) == y).float().mean()
+
+    def inner_step(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+        """``θ' = θ − α ⊙ ∇_θ L(θ)`` for one task (``α`` per parameter; a constant unless Meta-SGD)."""
+        grads = grad(self.loss)(params, x, y)
+        if self.config.first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        return {k: p - lrs[k] * grads[k] for k, p in params.items()}
+
+    def adapt_task(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
+        for _ in range(steps):
+            params = self.inner_step(params, lrs, x, y)
+        return params
+
+    def lrs(self) -> Params:
+        return (
+            self.inner_lrs
+            if self.config.learn_inner_lr
+            else {k: v.detach() for k, v in self.inner_lrs.items()}
+        )
+
+    def adapted_query_losses(
+        self, batch: FewShotBatch, vectorized: bool = True
+    ) -> tuple[torch.Tensor, Params]:
+        """Query loss ``[T]`` of each task's adapted parameters, and those parameters (``[T, *shape]``).
+
+        ``vectorized=False`` runs the same computation as a per-task Python loop (the learn2learn/higher
+        style); the benchmark and the tests compare the two.
+        """
+        steps, lrs = self.config.num_inner_steps, self.lrs()
+        if vectorized:
+            fast = vmap(self.adapt_task, in_dims=(None, None, 0, 0, None))(
+                self.params, lrs, batch.support_x, batch.support_y, steps
+            )
+            return vmap(self.loss)(fast, batch.query_x, batch.query_y), fast
+        losses, per_task = [], []
+        for i in range(batch.num_tasks):
+            per_task.append(self.adapt_task(self.params, lrs, batch.support_x[i], batch.support_y[i], steps))
+            losses.append(self.loss(per_task[-1], batch.query_x[i], batch.query_y[i]))
+        return torch.stack(losses), {k: torch.stack([f[k] for f in per_task]) for k in self.params}
+
+    def meta_loss(self, batch: FewShotBatch, vectorized: bool = True) -> torch.Tensor:
+        """The meta-objective: mean query loss of the adapted parameters over the tasks of ``batch``."""
+        return self.adapted_query_losses(batch, vectorized)[0].mean()
+
+    # -- inner loop of the interface ---------------------------------------------------------------------
+    def _batch(self, tasks: Sequence[Task], split: str) -> FewShotBatch:
+        if self.regression:
+            return self.tasks.batch(tasks, self.device, split)  # type: ignore[attr-defined]
+        return self.tasks.batch(tasks, self.device)  # type: ignore[attr-defined]
+
+    def initial(self, tasks: Sequence[Task]) -> MAMLState:
+        n = len(tasks)
+        fast = {k: v.detach().expand(n, *v.shape) for k, v in self.params.items()}
+        return MAMLState(self._batch(tasks, "test"), fast)
+
+    def support(self, tasks: Sequence[Task], adapted: MAMLState, step: int) -> FewShotBatch:
+        return adapted.batch
+
+    def adapt(self, adapted: MAMLState, support: FewShotBatch, step: int) -> MAMLState:
+        lrs, chunk = {k: v.detach() for k, v in self.inner_lrs.items()}, self.config.eval_chunk
+        step_fn = vmap(self.inner_step, in_dims=(0, None, 0, 0))
+        pieces = []
+        with torch.no_grad():  # torch.func.grad still differentiates inside; no graph is kept outside
+            for i in range(0, support.num_tasks, chunk):
+                fast = {k: v[i : i + chunk] for k, v in adapted.fast.items()}
+                pieces.append(
+                    step_fn(fast, lrs, support.support_x[i : i + chunk], support.support_y[i : i + chunk])
+                )
+        return adapted._replace(fast={k: torch.cat([p[k] for p in pieces]) for k in adapted.fast})
+
+    @torch.no_grad()
+    def evaluate(self, tasks: Sequence[Task], adapted: MAMLState) -> torch.Tensor:
+        batch, chunk = adapted.batch, self.config.eval_chunk
+        metric = vmap(self.metric)
+        return torch.cat(
+            [
+                metric(
+                    {k: v[i : i + chunk] for k, v in adapted.fast.items()},
+                    batch.query_x[i : i + chunk],
+                    batch.query_y[i : i + chunk],
+                )
+                for i in range(0, batch.num_tasks, chunk)
+            ]
+        )
+
+    # -- outer loop --------------------------------------------------------------------------------------
+    def meta_update(self, tasks: Sequence[Task]) -> dict[str, float]:
+        start = time.perf_counter()
+        batch = self._batch(tasks, "train")
+        with torch.no_grad():
+            theta = {k: v.detach() for k, v in self.params.items()}
+            inner_loss = vmap(self.loss, in_dims=(None, 0, 0))(theta, batch.support_x, batch.support_y)
+            pre = vmap(self.metric, in_dims=(None, 0, 0))(theta, batch.query_x, batch.query_y)
+        query_losses, fast = self.adapted_query_losses(batch, self.config.vectorize)
+        outer_loss = query_losses.mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        outer_loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            post = vmap(self.metric)({k: v.detach() for k, v in fast.items()}, batch.query_x, batch.query_y)
+        m = self.metric_name
+        metrics = {
+            "env_steps": float(len(tasks)),
+            f"meta_train/{m}_pre_adapt": float(pre.mean()),
+            f"meta_train/{m}_post_adapt": float(post.mean()),
+            "losses/inner_loss": float(inner_loss.mean()),
+            "losses/outer_loss": float(outer_loss.detach()),
+            "time/iteration_s": time.perf_counter() - start,
+        }
+        if self.config.learn_inner_lr:
+            total = sum(v.numel() for v in self.inner_lrs.values())
+            metrics["meta_train/inner_lr_mean"] = float(
+                sum(v.detach().sum() for v in self.inner_lrs.values()) / total
+            )
+        if not all(math.isfinite(v) for v in metrics.values()):
+            raise FloatingPointError(
+                f"non-finite MAML metrics {metrics}; lower algo.inner_lr or algo.outer_lr"
+            )
+        return metrics
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "params": {k: v.detach().clone() for k, v in self.params.items()},
+            "inner_lrs": {k: v.detach().clone() for k, v in self.inner_lrs.items()},
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for k, v in state["params"].items():
+                self.params[k].copy_(v)
+            for k, v in state["inner_lrs"].items():
+                self.inner_lrs[k].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def build(config: Any, device: torch.device) -> tuple[TaskSampler, MAMLSupervised]:
+    """The registry's builder: tasks of ``config.data``, a learner of ``config.algo``."""
+    from metarl.data import build_sampler
+    from metarl.errors import ConfigError
+
+    data, algo = config.data, config.algo
+    regression = data.dataset == "sinusoid"
+    if regression != (algo.network == "mlp"):
+        raise ConfigError("algo.network must be 'mlp' for data.dataset 'sinusoid' and 'conv4' for images")
+    if not regression and (data.train_ways or data.ways) != data.ways:
+        raise ConfigError(
+            "maml_supervised's head has data.ways outputs: data.train_ways must equal data.ways"
+        )
+    tasks = build_sampler(data)
+    return tasks, MAMLSupervised(algo, tasks, device, 0 if regression else data.ways, config.run.seed)

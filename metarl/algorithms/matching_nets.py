@@ -1,0 +1,234 @@
+"""Matching Networks: label a query by attention over the embedded support set.
+
+Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra (2016), "Matching Networks for One Shot Learning",
+arXiv:1606.04080. The prediction for a query ``x̂`` is a mixture of the support labels (eq. 1),
+``P(ŷ | x̂, S) = Σ_i a(x̂, x_i) y_i``, with the attention a softmax over cosine similarities of embeddings,
+``a(x̂, x_i) = softmax_i(c(f(x̂), g(x_i)))`` (eq. 2). Both embeddings are the conv4 of the paper (§4.1.1).
+With **full context embeddings** (FCE, §2.1.2 and App. A) the support embeddings are re-read by a
+bidirectional LSTM over the support set, ``g(x_i) = h⃗_i + h⃖_i + g'(x_i)``, and each query embedding is refined
+by an attention LSTM that attends over them for ``fce_steps`` steps:
+``ĥ_k, c_k = LSTM(f'(x̂), [h_{k−1}, r_{k−1}], c_{k−1})``, ``h_k = ĥ_k + f'(x̂)``,
+``r_k = Σ_i softmax(h_k^T g(x_i)) g(x_i)`` (here the read-out ``r`` enters the cell as input, a common
+simplification). All tasks of a meta-batch run together: the LSTMs' batch dimension is the task (and query).
+
+In the meta-learner interface the adaptation is *reading the support set* (step 0: no memory, chance
+``1/N``; step 1: the embedded support set; later steps change nothing). BatchNorm keeps running statistics
+and uses them at test, as in the reference implementations.
+
+Logged metrics (TensorBoard tags, x-axis = training episodes seen):
+
+- ``meta_train/accuracy_pre_adapt``: chance, ``1/N`` (no support set read yet).
+- ``meta_train/accuracy_post_adapt``: query accuracy of the training episodes.
+- ``losses/loss``: the query negative log-likelihood of eq. 1.
+- ``time/iteration_s``: the whole meta-iteration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metarl.algorithms.maml_supervised import Conv4
+from metarl.core import MetaLearner
+from metarl.data import Episode, EpisodeSampler, FewShotBatch
+
+
+@dataclasses.dataclass(frozen=True)
+class MatchingNetsConfig:
+    """Hyperparameters of Matching Networks; defaults from Vinyals et al. (2016) §4.1 (Omniglot).
+
+    Attributes:
+        meta_batch_size: episodes per meta-iteration (32 in common reimplementations; the paper does not say).
+        lr: Adam step size (1e-3).
+        fce: full context embeddings (off for Omniglot in the paper's best numbers; on for miniImageNet).
+        fce_steps: unrolling steps of the attention LSTM (the paper's K; 0: the support-set size).
+        attention_scale: multiplier of the cosine similarities inside the softmax (1: the paper's eq. 2).
+        hidden_channels: filters of each conv4 block (64).
+        eval_chunk: episodes embedded at once at evaluation (memory only).
+    """
+
+    meta_batch_size: int = 32
+    lr: float = 1e-3
+    fce: bool = False
+    fce_steps: int = 0
+    attention_scale: float = 1.0
+    hidden_channels: int = 64
+    eval_chunk: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("meta_batch_size", "lr", "attention_scale", "hidden_channels", "eval_chunk"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.fce_steps < 0:
+            raise ValueError(f"fce_steps must be >= 0, got {self.fce_steps}")
+
+
+# -- the math ------------------------------------------------------------------------------------------
+def cosine_attention(query: torch.Tensor, support: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax_i(scale · cos(q_m, s_i))``: ``query [T, M, D]``, ``support [T, S, D]`` → ``[T, M, S]``."""
+    q, s = F.normalize(query, dim=-1), F.normalize(support, dim=-1)
+    return torch.softmax(scale * q @ s.transpose(1, 2), dim=-1)
+
+
+def label_mixture(attention: torch.Tensor, support_y: torch.Tensor, ways: int) -> torch.Tensor:
+    """Eq. 1, ``Σ_i a_i y_i``: ``attention [T, M, S]``, ``support_y [T, S]`` → probabilities ``[T, M, N]``."""
+    return attention @ F.one_hot(support_y, ways).to(attention.dtype)
+
+
+class FullContextEmbedding(nn.Module):
+    """The FCE of Vinyals et al. App. A: a bidirectional LSTM over the support set (``g``) and an attention
+    LSTM for the queries (``f``); both batched over tasks."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.support_lstm = nn.LSTM(dim, dim, batch_first=True, bidirectional=True)
+        self.query_cell = nn.LSTMCell(2 * dim, dim)
+
+    def support(self, g: torch.Tensor) -> torch.Tensor:
+        """``g(x_i) = h⃗_i + h⃖_i + g'(x_i)`` for ``g [T, S, D]``."""
+        out, _ = self.support_lstm(g)
+        forward, backward = out.chunk(2, dim=-1)
+        return g + forward + backward
+
+    def query(self, f: torch.Tensor, g: torch.Tensor, steps: int) -> torch.Tensor:
+        """``steps`` attention-LSTM steps for queries ``f [T, M, D]`` over the context ``g [T, S, D]``."""
+        tasks, m, dim = f.shape
+        flat = f.reshape(tasks * m, dim)
+        h, c = torch.zeros_like(flat), torch.zeros_like(flat)
+        r = torch.zeros_like(flat)
+        for _ in range(steps):
+            h_hat, c = self.query_cell(torch.cat([flat, r], dim=-1), (h, c))
+            h = h_hat + flat
+            attention = torch.softmax(h.reshape(tasks, m, dim) @ g.transpose(1, 2), dim=-1)
+            r = (attention @ g).reshape(tasks * m, dim)
+        return h.reshape(tasks, m, dim)
+
+
+# -- the learner -----------------------------------------------------------------------------------------
+class MatchingState(NamedTuple):
+    """Episodes being adapted to: their batch and, once read, the support embeddings ``[T, S, D]``."""
+
+    batch: FewShotBatch
+    ways: int
+    memory: torch.Tensor | None
+
+
+class MatchingNets(MetaLearner[FewShotBatch, MatchingState]):
+    """Matching Networks behind the meta-learner interface (see the module docstring)."""
+
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, config: MatchingNetsConfig, tasks: EpisodeSampler, device: torch.device) -> None:
+        self.config, self.tasks, self.device = config, tasks, device
+        self.net = Conv4(tuple(tasks.dataset.images.shape[1:]), config.hidden_channels).to(device)
+        self.fce = FullContextEmbedding(self.net.feature_dim).to(device) if config.fce else None
+        params = list(self.net.parameters()) + (list(self.fce.parameters()) if self.fce else [])
+        self.optimizer = torch.optim.Adam(params, lr=config.lr)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        tasks, m = images.shape[:2]
+        return self.net(images.flatten(0, 1)).reshape(tasks, m, -1)
+
+    def read_support(self, support_x: torch.Tensor) -> torch.Tensor:
+        g = self.embed(support_x)
+        return self.fce.support(g) if self.fce else g
+
+    def predict(
+        self, query_x: torch.Tensor, memory: torch.Tensor, support_y: torch.Tensor, ways: int
+    ) -> torch.Tensor:
+        """Class probabilities ``[T, M, N]`` of the queries given the read support set."""
+        f = self.embed(query_x)
+        if self.fce:
+            f = self.fce.query(f, memory, self.config.fce_steps or memory.shape[1])
+        return label_mixture(cosine_attention(f, memory, self.config.attention_scale), support_y, ways)
+
+    # -- inner loop ----------------------------------------------------------------------------------
+    def initial(self, tasks: Sequence[Episode]) -> MatchingState:
+        return MatchingState(self.tasks.batch(tasks, self.device), tasks[0].ways, None)
+
+    def support(self, tasks: Sequence[Episode], adapted: MatchingState, step: int) -> FewShotBatch:
+        return adapted.batch
+
+    @torch.no_grad()
+    def adapt(self, adapted: MatchingState, support: FewShotBatch, step: int) -> MatchingState:
+        if adapted.memory is not None:
+            return adapted
+        self._eval_mode()
+        chunk = self.config.eval_chunk
+        memory = [
+            self.read_support(support.support_x[i : i + chunk]) for i in range(0, support.num_tasks, chunk)
+        ]
+        return adapted._replace(memory=torch.cat(memory))
+
+    @torch.no_grad()
+    def evaluate(self, tasks: Sequence[Episode], adapted: MatchingState) -> torch.Tensor:
+        batch = adapted.batch
+        if adapted.memory is None:
+            return torch.full((batch.num_tasks,), 1.0 / adapted.ways, device=self.device)
+        self._eval_mode()
+        chunk, out = self.config.eval_chunk, []
+        for i in range(0, batch.num_tasks, chunk):
+            probs = self.predict(
+                batch.query_x[i : i + chunk],
+                adapted.memory[i : i + chunk],
+                batch.support_y[i : i + chunk],
+                adapted.ways,
+            )
+            out.append((probs.argmax(-1) == batch.query_y[i : i + chunk]).float().mean(-1))
+        return torch.cat(out)
+
+    def _eval_mode(self) -> None:
+        self.net.eval()
+        if self.fce:
+            self.fce.eval()
+
+    # -- outer loop ----------------------------------------------------------------------------------
+    def meta_update(self, tasks: Sequence[Episode]) -> dict[str, float]:
+        start = time.perf_counter()
+        self.net.train()
+        batch, ways = self.tasks.batch(tasks, self.device), tasks[0].ways
+        probs = self.predict(batch.query_x, self.read_support(batch.support_x), batch.support_y, ways)
+        loss = F.nll_loss(probs.clamp_min(1e-8).log().flatten(0, 1), batch.query_y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {
+            "env_steps": float(len(tasks)),
+            "meta_train/accuracy_pre_adapt": 1.0 / ways,
+            "meta_train/accuracy_post_adapt": float((probs.argmax(-1) == batch.query_y).float().mean()),
+            "losses/loss": float(loss.detach()),
+            "time/iteration_s": time.perf_counter() - start,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+        if self.fce:
+            state["fce"] = self.fce.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        if self.fce:
+            self.fce.load_state_dict(state["fce"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, MatchingNets]:
+    """The registry's builder: episodes of ``config.data``, a learner of ``config.algo``."""
+    from metarl.data import build_sampler
+    from metarl.errors import ConfigError
+
+    tasks = build_sampler(config.data)
+    if not isinstance(tasks, EpisodeSampler):
+        raise ConfigError(
+            "matching_nets classifies images: data.dataset must be 'omniglot' or 'image_folder'"
+        )
+    torch.manual_seed(config.run.seed)  # the networks' initialisation
+    return tasks, MatchingNets(config.algo, tasks, device)
