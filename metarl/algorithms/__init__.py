@@ -13,11 +13,8 @@ from typing import Any
 
 import torch
 
-from metarl.algorithms import maml_supervised, matching_nets, protonets, rl2, transfer
-from metarl.algorithms.maml_rl import MAMLRL, MAMLRLConfig, PretrainedRLConfig
+from metarl.algorithms import maml_rl, maml_supervised, matching_nets, protonets, rl2, transfer
 from metarl.core import MetaLearner, TaskSampler
-from metarl.families import FamilyTaskSampler, env_factory, horizon_of
-from metarl.rollouts import RolloutSampler
 
 #: ``(experiment config, device) -> (task sampler, learner)``; the config's ``algo`` is the spec's type.
 Builder = Callable[[Any, torch.device], tuple[TaskSampler, MetaLearner]]
@@ -33,24 +30,16 @@ class AlgorithmSpec:
     source: str = "env"  # the config section the algorithm reads its tasks from: "env" or "data"
 
 
-def _build_maml_rl(config: Any, device: torch.device) -> tuple[TaskSampler, MetaLearner]:
-    algo, env, seed = config.algo, config.env, config.run.seed
-    make_env = env_factory(env.id, env.kwargs, env.max_episode_steps)
-    probe = make_env()
-    sampler = RolloutSampler(make_env, horizon_of(probe), algo.rollouts_per_task, device, seed)
-    return FamilyTaskSampler(probe), MAMLRL(algo, sampler, seed)
-
-
 ALGORITHMS: dict[str, AlgorithmSpec] = {
     "maml_rl": AlgorithmSpec(
-        MAMLRLConfig,
-        "MAML with a second-order VPG inner loop and a TRPO (default), PPO or Adam-VPG outer loop (Finn et al. 2017)",
-        _build_maml_rl,
+        maml_rl.MAMLRLConfig,
+        "MAML with a second-order VPG inner loop and a TRPO, PPO or Adam-VPG outer loop (Finn et al. 2017)",
+        maml_rl.build,
     ),
     "pretrained_rl": AlgorithmSpec(
-        PretrainedRLConfig,
-        "MAML-RL's pretrained baseline: one policy trained on all tasks without inner steps, fine-tuned at test",
-        _build_maml_rl,
+        maml_rl.PretrainedRLConfig,
+        "MAML-RL's pretrained baseline: one policy trained on all tasks, fine-tuned at test time",
+        maml_rl.build,
     ),
     "maml_supervised": AlgorithmSpec(
         maml_supervised.MAMLSupervisedConfig,

@@ -65,6 +65,7 @@ from torch.func import grad, vmap
 from envs.base import Task
 from metarl import losses, optim
 from metarl.core import MetaLearner
+from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.policies import GaussianMLPPolicy, Params
 from metarl.rollouts import Episodes, RolloutSampler
 
@@ -237,14 +238,11 @@ class MAMLRL(MetaLearner[Batch, Params]):
         self.config = config
         self.sampler = sampler
         self.device = sampler.device
-        torch.manual_seed(seed)  # parameter initialisation only; sampling uses self.generator
-        self.policy = GaussianMLPPolicy(
-            sampler.obs_dim,
-            sampler.action_dim,
-            config.hidden_sizes,
-            config.activation,
-            config.init_std,
-        ).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
+            torch.manual_seed(seed)
+            self.policy = GaussianMLPPolicy(
+                sampler.obs_dim, sampler.action_dim, config.hidden_sizes, config.activation, config.init_std
+            ).to(self.device)
         self.inner_lrs: dict[str, nn.Parameter] = {}
         if config.learn_inner_lr:  # Meta-SGD: α[k] has the shape of the parameter, initialised to α_k
             init = torch.tensor(config.step_lrs, device=self.device)
@@ -531,3 +529,12 @@ class MAMLRL(MetaLearner[Batch, Params]):
             self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.sampler.env_rng.bit_generator.state = state["env_rng"]
+
+
+def build(config: Any, device: torch.device) -> tuple[FamilyTaskSampler, MAMLRL]:
+    """The registry's builder: the task family of ``config.env``, a batched sampler and the learner."""
+    algo, env, seed = config.algo, config.env, config.run.seed
+    make_env = env_factory(env.id, env.kwargs, env.max_episode_steps)
+    probe = make_env()
+    sampler = RolloutSampler(make_env, horizon_of(probe), algo.rollouts_per_task, device, seed)
+    return FamilyTaskSampler(probe), MAMLRL(algo, sampler, seed)

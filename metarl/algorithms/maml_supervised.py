@@ -185,12 +185,13 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         self.config, self.tasks, self.device = config, tasks, device
         self.regression = ways == 0
         self.metric_name, self.higher_is_better = ("mse", False) if self.regression else ("accuracy", True)
-        torch.manual_seed(seed)  # initialisation only; no randomness after construction
-        if config.network == "mlp":
-            self.net: nn.Module = mlp((1, *config.hidden_sizes, 1 if self.regression else ways))
-        else:
-            shape = tuple(tasks.dataset.images.shape[1:])  # type: ignore[attr-defined]
-            self.net = Conv4(shape, config.hidden_channels, ways or 1, track_running_stats=False)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
+            torch.manual_seed(seed)
+            if config.network == "mlp":
+                self.net: nn.Module = mlp((1, *config.hidden_sizes, 1 if self.regression else ways))
+            else:
+                shape = tuple(tasks.dataset.images.shape[1:])  # type: ignore[attr-defined]
+                self.net = Conv4(shape, config.hidden_channels, ways or 1, track_running_stats=False)
         self.net.to(device)
         self.params: Params = {k: v.detach().requires_grad_() for k, v in self.net.named_parameters()}
         self.inner_lrs: Params = {

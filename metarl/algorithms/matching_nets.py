@@ -230,5 +230,6 @@ def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, MatchingNe
         raise ConfigError(
             "matching_nets classifies images: data.dataset must be 'omniglot' or 'image_folder'"
         )
-    torch.manual_seed(config.run.seed)  # the networks' initialisation
-    return tasks, MatchingNets(config.algo, tasks, device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
+        torch.manual_seed(config.run.seed)
+        return tasks, MatchingNets(config.algo, tasks, device)

@@ -214,5 +214,6 @@ def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, ProtoNets]
     tasks = build_sampler(config.data)
     if not isinstance(tasks, EpisodeSampler):
         raise ConfigError("protonets classifies images: data.dataset must be 'omniglot' or 'image_folder'")
-    torch.manual_seed(config.run.seed)  # the embedding's initialisation
-    return tasks, ProtoNets(config.algo, tasks, device)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
+        torch.manual_seed(config.run.seed)
+        return tasks, ProtoNets(config.algo, tasks, device)

@@ -284,10 +284,11 @@ class RL2(MetaLearner[Segment, RL2State]):
         else:
             raise ValueError(f"RL² supports Discrete and Box action spaces, got {action_space}")
         self.input_dim = self.obs_dim + self.action_dim + 2
-        torch.manual_seed(seed)  # parameter initialisation only; sampling uses the generators below
-        self.net = RL2Network(
-            self.input_dim, config.hidden_size, self.action_dim, self.discrete, config.init_log_std
-        ).to(device)
+        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
+            torch.manual_seed(seed)
+            self.net = RL2Network(
+                self.input_dim, config.hidden_size, self.action_dim, self.discrete, config.init_log_std
+            ).to(device)
         if config.init_from:
             try:
                 self.net.load_state_dict(_network_of(config.init_from))
