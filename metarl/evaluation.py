@@ -100,7 +100,8 @@ def markdown_table(curves: Mapping[str, AdaptationCurve]) -> str:
     head = "| method | " + " | ".join(f"{metric} after {k} step{'s' * (k != 1)}" for k in range(steps))
     lines = [head + " |", "|---" * (steps + 1) + "|"]
     for name, c in curves.items():
-        cells = [f"{m:.2f} ± {h:.2f}" for m, h in zip(c.mean, c.ci95, strict=True)]
+        digits = 4 if all(abs(m) <= 1 for m in c.mean) else 2  # accuracies / MSEs vs returns
+        cells = [f"{m:.{digits}f} ± {h:.{digits}f}" for m, h in zip(c.mean, c.ci95, strict=True)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
