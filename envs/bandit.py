@@ -35,9 +35,7 @@ class BanditTask(Task):
     def __post_init__(self) -> None:
         probs = np.asarray(self.probs, dtype=np.float64)
         if probs.ndim != 1 or probs.size == 0:
-            raise ValueError(
-                f"BanditTask.probs must be a non-empty 1-D sequence, got shape {probs.shape}"
-            )
+            raise ValueError(f"BanditTask.probs must be a non-empty 1-D sequence, got shape {probs.shape}")
         if not np.all((probs >= 0.0) & (probs <= 1.0)):
             raise ValueError(f"BanditTask.probs must lie in [0, 1], got {self.probs}")
         object.__setattr__(self, "probs", tuple(probs.tolist()))
@@ -124,8 +122,7 @@ class BernoulliBanditEnv(TaskFamily, gym.Env[np.ndarray, np.int64]):
             raise ValueError(f"num_pulls must be at least 1, got {num_pulls}")
         if not 0.0 <= prob_low <= prob_high <= 1.0:
             raise ValueError(
-                "need 0 <= prob_low <= prob_high <= 1, "
-                f"got prob_low={prob_low}, prob_high={prob_high}"
+                f"need 0 <= prob_low <= prob_high <= 1, got prob_low={prob_low}, prob_high={prob_high}"
             )
         self.num_arms = int(num_arms)
         self.num_pulls = int(num_pulls)
@@ -138,15 +135,12 @@ class BernoulliBanditEnv(TaskFamily, gym.Env[np.ndarray, np.int64]):
         self._init_task()
 
     def _draw_task(self, rng: np.random.Generator) -> BanditTask:
-        return BanditTask(
-            probs=tuple(rng.uniform(self.prob_low, self.prob_high, size=self.num_arms))
-        )
+        return BanditTask(probs=tuple(rng.uniform(self.prob_low, self.prob_high, size=self.num_arms)))
 
     def set_task(self, task: Task) -> None:
         if isinstance(task, BanditTask) and task.num_arms != self.num_arms:
             raise ValueError(
-                f"{type(self).__name__} has {self.num_arms} arms, "
-                f"got a BanditTask with {task.num_arms}"
+                f"{type(self).__name__} has {self.num_arms} arms, got a BanditTask with {task.num_arms}"
             )
         super().set_task(task)
 
@@ -161,9 +155,7 @@ class BernoulliBanditEnv(TaskFamily, gym.Env[np.ndarray, np.int64]):
         self._pulls = 0
         return np.zeros(1, dtype=np.float32), {}
 
-    def step(
-        self, action: int | np.integer
-    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: int | np.integer) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
             raise ValueError(f"action must be an arm index in [0, {self.num_arms}), got {action!r}")
         uniform = self.np_random.random(dtype=np.float32)
@@ -232,9 +224,7 @@ class BatchedBernoulliBandit:
         if len(arms) != 1:
             raise ValueError(f"all tasks must have the same number of arms, got {sorted(arms)}")
         if int(envs_per_task) < 1 or int(horizon) < 1:
-            raise ValueError(
-                f"envs_per_task and horizon must be positive, got {envs_per_task} and {horizon}"
-            )
+            raise ValueError(f"envs_per_task and horizon must be positive, got {envs_per_task} and {horizon}")
         self.device = torch.device(device)
         self.num_tasks = len(tasks)
         self.envs_per_task = int(envs_per_task)
@@ -285,9 +275,7 @@ class BatchedBernoulliBandit:
         reward = bernoulli_reward(torch.gather(self.probs, 1, actions), noise.to(self.probs))
         self.t += 1
         terminated = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
-        truncated = torch.full(
-            self.shape, self.t >= self.horizon, dtype=torch.bool, device=self.device
-        )
+        truncated = torch.full(self.shape, self.t >= self.horizon, dtype=torch.bool, device=self.device)
         return torch.zeros(*self.shape, 1, device=self.device), reward, terminated, truncated
 
 

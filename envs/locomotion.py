@@ -130,9 +130,7 @@ class HalfCheetahVelEnv(_HalfCheetahFamily):
         **kwargs: Any,
     ) -> None:
         if not velocity_low < velocity_high:
-            raise ValueError(
-                f"velocity_low ({velocity_low}) must be below velocity_high ({velocity_high})"
-            )
+            raise ValueError(f"velocity_low ({velocity_low}) must be below velocity_high ({velocity_high})")
         super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         self.velocity_low, self.velocity_high = float(velocity_low), float(velocity_high)
         utils.EzPickle.__init__(self, velocity_low, velocity_high, ctrl_cost_weight, **kwargs)
@@ -144,9 +142,7 @@ class HalfCheetahVelEnv(_HalfCheetahFamily):
     def _params_of(self, task: VelocityTask) -> tuple[float, ...]:
         return (task.velocity,)
 
-    def _task_term(
-        self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray
-    ) -> np.ndarray:
+    def _task_term(self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray) -> np.ndarray:
         return -np.abs(velocity[:, 0] - params[:, 0])
 
 
@@ -201,9 +197,7 @@ class HalfCheetahDirEnv(_HalfCheetahFamily):
             raise ValueError(f"HalfCheetahDir direction must be -1 or +1, got {task.direction}")
         return (task.direction,)
 
-    def _task_term(
-        self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray
-    ) -> np.ndarray:
+    def _task_term(self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray) -> np.ndarray:
         return params[:, 0] * velocity[:, 0]
 
 
@@ -250,9 +244,7 @@ class _AntFamily(MujocoTaskFamily, AntEnv):
             needs_contact_forces=True,
             contact_force_range=tuple(self._contact_force_range),
             position_body=self._main_body_id,
-            healthy_z_range=tuple(self._healthy_z_range)
-            if self._terminate_when_unhealthy
-            else None,
+            healthy_z_range=tuple(self._healthy_z_range) if self._terminate_when_unhealthy else None,
             reset_noise_scale=float(self._reset_noise_scale),
         )
 
@@ -316,9 +308,7 @@ class AntVelEnv(_AntFamily):
         **kwargs: Any,
     ) -> None:
         if not velocity_low < velocity_high:
-            raise ValueError(
-                f"velocity_low ({velocity_low}) must be below velocity_high ({velocity_high})"
-            )
+            raise ValueError(f"velocity_low ({velocity_low}) must be below velocity_high ({velocity_high})")
         super().__init__(**kwargs)
         self.velocity_low, self.velocity_high = float(velocity_low), float(velocity_high)
         self.forward_bonus = float(forward_bonus)
@@ -331,9 +321,7 @@ class AntVelEnv(_AntFamily):
     def _params_of(self, task: VelocityTask) -> tuple[float, ...]:
         return (task.velocity,)
 
-    def _task_term(
-        self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray
-    ) -> np.ndarray:
+    def _task_term(self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray) -> np.ndarray:
         return -np.abs(velocity[:, 0] - params[:, 0]) + self.forward_bonus
 
 
@@ -396,9 +384,7 @@ class AntDirEnv(_AntFamily):
             raise ValueError(f"AntDir direction must be a 2-D unit vector, got {task.direction}")
         return tuple(float(x) for x in task.direction)
 
-    def _task_term(
-        self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray
-    ) -> np.ndarray:
+    def _task_term(self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray) -> np.ndarray:
         return params[:, 0] * velocity[:, 0] + params[:, 1] * velocity[:, 1]
 
 
@@ -455,9 +441,7 @@ class AntGoalEnv(_AntFamily):
         **kwargs: Any,
     ) -> None:
         if goal_distribution not in ("square", "disk"):
-            raise ValueError(
-                f"goal_distribution must be 'square' or 'disk', got {goal_distribution!r}"
-            )
+            raise ValueError(f"goal_distribution must be 'square' or 'disk', got {goal_distribution!r}")
         if goal_range <= 0:
             raise ValueError(f"goal_range must be positive, got {goal_range}")
         super().__init__(
@@ -491,7 +475,5 @@ class AntGoalEnv(_AntFamily):
             raise ValueError(f"AntGoal goal must be 2-D, got {task.goal}")
         return tuple(float(x) for x in task.goal)
 
-    def _task_term(
-        self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray
-    ) -> np.ndarray:
+    def _task_term(self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray) -> np.ndarray:
         return -np.sum(np.abs(position - params), axis=-1) + self.goal_bonus

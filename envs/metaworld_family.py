@@ -165,42 +165,29 @@ class MetaWorldEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
             raise ImportError(f"{_INSTALL_HINT} (import failed: {err})") from err
 
         if benchmark not in BENCHMARKS:
-            raise ValueError(
-                f"unknown Meta-World benchmark {benchmark!r}; valid: {list(BENCHMARKS)}"
-            )
+            raise ValueError(f"unknown Meta-World benchmark {benchmark!r}; valid: {list(BENCHMARKS)}")
         all_envs = env_dict.ALL_V3_ENVIRONMENTS
         if benchmark == "ML1":
             env_name = DEFAULT_ML1_ENV if env_name is None else env_name
             if env_name not in all_envs:
-                raise ValueError(
-                    f"unknown Meta-World environment {env_name!r}; valid: {sorted(all_envs)}"
-                )
+                raise ValueError(f"unknown Meta-World environment {env_name!r}; valid: {sorted(all_envs)}")
             train_names: tuple[str, ...] = (env_name,)
             test_names: tuple[str, ...] = (env_name,)
         else:
             if env_name is not None:
-                raise ValueError(
-                    f"env_name is only for ML1; {benchmark} has fixed train/test environments"
-                )
+                raise ValueError(f"env_name is only for ML1; {benchmark} has fixed train/test environments")
             split_dict = getattr(env_dict, f"{benchmark}_V3")
             train_names = tuple(split_dict["train"])
             test_names = tuple(split_dict["test"])
-        if (
-            isinstance(goals_per_env, bool)
-            or not isinstance(goals_per_env, int)
-            or goals_per_env < 1
-        ):
+        if isinstance(goals_per_env, bool) or not isinstance(goals_per_env, int) or goals_per_env < 1:
             raise ValueError(f"goals_per_env must be a positive int, got {goals_per_env!r}")
         if isinstance(goal_seed, bool) or not isinstance(goal_seed, int) or goal_seed < 0:
             raise ValueError(f"goal_seed must be a non-negative int, got {goal_seed!r}")
         if reward_function_version not in ("v1", "v2"):
-            raise ValueError(
-                f"reward_function_version must be 'v1' or 'v2', got {reward_function_version!r}"
-            )
+            raise ValueError(f"reward_function_version must be 'v1' or 'v2', got {reward_function_version!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, "
-                f"got {render_mode!r}"
+                f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}"
             )
 
         self.benchmark = benchmark
@@ -278,9 +265,7 @@ class MetaWorldEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
         if goal is None:
             env = self._goal_envs.get(env_name)
             if env is None:
-                env = self._env_classes[env_name](
-                    reward_function_version=self.reward_function_version
-                )
+                env = self._env_classes[env_name](reward_function_version=self.reward_function_version)
                 env._set_task_called = True  # Meta-World refuses to reset before its set_task.
                 env._freeze_rand_vec = False
                 env.seeded_rand_vec = True  # draw from env.np_random, not the global np.random
@@ -307,9 +292,7 @@ class MetaWorldEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
                 f"{self.benchmark}; {task.split} environments: {list(self.env_names[task.split])}"
             )
         if not 0 <= task.index < self.goals_per_env:
-            raise ValueError(
-                f"{where}: task index {task.index} out of range [0, {self.goals_per_env})"
-            )
+            raise ValueError(f"{where}: task index {task.index} out of range [0, {self.goals_per_env})")
         expected = self._goal(task.env_name, task.split, task.index)
         if task.rand_vec != expected:
             raise ValueError(

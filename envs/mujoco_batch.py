@@ -115,18 +115,14 @@ class MujocoTaskFamily(TaskFamily):
     def task_params(self, tasks: Sequence[Task]) -> np.ndarray:
         """The ``[len(tasks), k]`` float array the vectorised reward reads the tasks from."""
         tasks_of_type(tasks, self.task_type)
-        return np.array([self._params_of(t) for t in tasks], dtype=np.float64).reshape(
-            len(tasks), -1
-        )
+        return np.array([self._params_of(t) for t in tasks], dtype=np.float64).reshape(len(tasks), -1)
 
     @abc.abstractmethod
     def _params_of(self, task: Any) -> tuple[float, ...]:
         """The parameters of one task, validated."""
 
     @abc.abstractmethod
-    def _task_term(
-        self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray
-    ) -> np.ndarray:
+    def _task_term(self, params: np.ndarray, velocity: np.ndarray, position: np.ndarray) -> np.ndarray:
         """The task-dependent reward term ``[N]`` (see :meth:`reward_terms`)."""
 
     def reward_terms(
@@ -365,8 +361,7 @@ class BatchedMujocoEnv:
         qvel = np.asarray(qvel, dtype=np.float64)
         if qpos.shape != (n, m.nq) or qvel.shape != (n, m.nv):
             raise ValueError(
-                f"set_state expects qpos {(n, m.nq)} and qvel {(n, m.nv)}, "
-                f"got {qpos.shape} and {qvel.shape}"
+                f"set_state expects qpos {(n, m.nq)} and qvel {(n, m.nv)}, got {qpos.shape} and {qvel.shape}"
             )
         d, body = self._datas[0], self.spec.position_body
         for i in range(n):
@@ -505,6 +500,4 @@ class BatchedMujocoEnv:
         return obs
 
     def _to_tensor(self, x: np.ndarray, *shape: int) -> torch.Tensor:
-        return torch.from_numpy(x.reshape(*shape)).to(
-            device=self.device, dtype=self.dtype, copy=True
-        )
+        return torch.from_numpy(x.reshape(*shape)).to(device=self.device, dtype=self.dtype, copy=True)

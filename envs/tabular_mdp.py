@@ -42,9 +42,7 @@ class TabularMDPTask(Task):
         mean = np.asarray(self.mean_rewards, dtype=np.float64)
         probs = np.asarray(self.transitions, dtype=np.float64)
         if mean.ndim != 2 or mean.size == 0:
-            raise ValueError(
-                f"mean_rewards must be a non-empty [S][A] table, got shape {mean.shape}"
-            )
+            raise ValueError(f"mean_rewards must be a non-empty [S][A] table, got shape {mean.shape}")
         num_states, num_actions = mean.shape
         if probs.shape != (num_states, num_actions, num_states):
             raise ValueError(
@@ -52,9 +50,7 @@ class TabularMDPTask(Task):
                 f"got {probs.shape}"
             )
         if np.any(probs < 0.0) or not np.allclose(probs.sum(-1), 1.0, atol=1e-6):
-            raise ValueError(
-                "every transitions[s][a] must be a probability vector (>= 0, sums to 1)"
-            )
+            raise ValueError("every transitions[s][a] must be a probability vector (>= 0, sums to 1)")
         object.__setattr__(self, "mean_rewards", _nested_tuple(mean))
         object.__setattr__(self, "transitions", _nested_tuple(probs))
 
@@ -182,9 +178,7 @@ class TabularMDPEnv(TaskFamily, gym.Env[np.ndarray, np.int64]):
                 f"and {reward_noise_std}"
             )
         if dirichlet_concentration <= 0:
-            raise ValueError(
-                f"dirichlet_concentration must be positive, got {dirichlet_concentration}"
-            )
+            raise ValueError(f"dirichlet_concentration must be positive, got {dirichlet_concentration}")
         self.num_states = int(num_states)
         self.num_actions = int(num_actions)
         self.episode_length = int(episode_length)
@@ -192,9 +186,7 @@ class TabularMDPEnv(TaskFamily, gym.Env[np.ndarray, np.int64]):
         self.reward_mean_scale = float(reward_mean_scale)
         self.reward_noise_std = float(reward_noise_std)
         self.dirichlet_concentration = float(dirichlet_concentration)
-        self.observation_space = gym.spaces.Box(
-            0.0, 1.0, shape=(self.num_states,), dtype=np.float32
-        )
+        self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(self.num_states,), dtype=np.float32)
         self.action_space = gym.spaces.Discrete(self.num_actions)
         self._mean = np.zeros((self.num_states, self.num_actions), dtype=np.float32)
         self._cdf = np.ones((self.num_states, self.num_actions, self.num_states), dtype=np.float32)
@@ -238,17 +230,13 @@ class TabularMDPEnv(TaskFamily, gym.Env[np.ndarray, np.int64]):
         self._steps = 0
         return self._obs(), {}
 
-    def step(
-        self, action: int | np.integer
-    ) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+    def step(self, action: int | np.integer) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         if not self.action_space.contains(action):
             raise ValueError(f"action must be in [0, {self.num_actions}), got {action!r}")
         a = int(action)
         normal = self.np_random.standard_normal(dtype=np.float32)
         uniform = self.np_random.random(dtype=np.float32)
-        reward = gaussian_reward(
-            self._mean[self._state, a], normal, np.float32(self.reward_noise_std)
-        )
+        reward = gaussian_reward(self._mean[self._state, a], normal, np.float32(self.reward_noise_std))
         self._state = int(next_state(self._cdf[self._state, a], np.asarray(uniform)))
         self._steps += 1
         truncated = self._steps >= self.episode_length
@@ -318,9 +306,7 @@ class BatchedTabularMDP:
         if len(sizes) != 1:
             raise ValueError(f"all tasks must have the same (|S|, |A|), got {sorted(sizes)}")
         if int(envs_per_task) < 1 or int(horizon) < 1:
-            raise ValueError(
-                f"envs_per_task and horizon must be positive, got {envs_per_task} and {horizon}"
-            )
+            raise ValueError(f"envs_per_task and horizon must be positive, got {envs_per_task} and {horizon}")
         if reward_noise_std < 0:
             raise ValueError(f"reward_noise_std must be >= 0, got {reward_noise_std}")
         self.device = torch.device(device)
@@ -391,16 +377,12 @@ class BatchedTabularMDP:
                 f"noise tensors must have shape {self.shape}, got {tuple(noise.reward.shape)} "
                 f"and {tuple(noise.transition.shape)}"
             )
-        row = (
-            torch.add(actions, self.state, alpha=self.num_actions).add_(self._task_offset).view(-1)
-        )
+        row = torch.add(actions, self.state, alpha=self.num_actions).add_(self._task_offset).view(-1)
         mean = self.mean_rewards.view(-1).index_select(0, row).view(self.shape)
         cdf_rows = self.transition_cdf.view(-1, self.num_states).index_select(0, row)
         reward = gaussian_reward(mean, noise.reward.to(mean), self.reward_noise_std)
         self.state = next_state(cdf_rows.view(*self.shape, -1), noise.transition.to(mean))
         self.t += 1
         terminated = torch.zeros(self.shape, dtype=torch.bool, device=self.device)
-        truncated = torch.full(
-            self.shape, self.t >= self.horizon, dtype=torch.bool, device=self.device
-        )
+        truncated = torch.full(self.shape, self.t >= self.horizon, dtype=torch.bool, device=self.device)
         return self._obs(), reward, terminated, truncated

@@ -173,9 +173,7 @@ def bench_batched_env_only(env_id: str, num_tasks: int, envs_per_task: int, repe
     return best
 
 
-def raw_mj_step_rate(
-    env_id: str, horizon: int, seconds: float, seed: int, repeats: int
-) -> tuple[float, int]:
+def raw_mj_step_rate(env_id: str, horizon: int, seconds: float, seed: int, repeats: int) -> tuple[float, int]:
     """Single-core ``mj_step`` rate on the fast path's work: one ``MjData``, a Python loop.
 
     A few environments are first rolled out through the batched path with the benchmark's policy

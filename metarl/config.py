@@ -18,13 +18,13 @@ values are parsed by ``tomllib`` and never evaluated.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import tomllib
-
+from metarl import checks
 from metarl.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
@@ -59,12 +59,8 @@ class RunConfig:
     num_threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "eval_every", "eval_tasks", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("eval_steps", "num_threads", "seed", "eval_seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        checks.at_least(self, 1, "iterations", "eval_every", "eval_tasks", "checkpoint_every")
+        checks.at_least(self, 0, "eval_steps", "num_threads", "seed", "eval_seed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,9 +120,7 @@ class DataConfig:
     cache_dir: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("ways", "shots", "queries", "image_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        checks.at_least(self, 1, "ways", "shots", "queries", "image_size")
         for name in ("train_ways", "train_shots", "train_queries"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: the test value), got {getattr(self, name)}")

@@ -155,9 +155,7 @@ def test_batched_equals_gymnasium_step_for_step() -> None:
     for _ in range(num_pulls):
         actions = action_rng.integers(0, num_arms, size=(3, envs_per_task))
         noise = torch.tensor([[rng.random(dtype=np.float32) for rng in row] for row in streams])
-        results = [
-            [env.step(actions[b, e]) for e, env in enumerate(row)] for b, row in enumerate(singles)
-        ]
+        results = [[env.step(actions[b, e]) for e, env in enumerate(row)] for b, row in enumerate(singles)]
         obs, reward, terminated, truncated = batched.step(torch.from_numpy(actions), noise=noise)
         assert torch.equal(obs, torch.tensor(np.array([[r[0] for r in row] for row in results])))
         assert torch.equal(reward, torch.tensor([[r[1] for r in row] for row in results]))

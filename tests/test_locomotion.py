@@ -120,28 +120,20 @@ def test_task_distributions_per_convention() -> None:
     ant_vel = gym.make("metarl/AntVel-v0").unwrapped
     assert max(t.velocity for t in ant_vel.sample_tasks(500, seed=0)) > 2.9
 
-    dirs = {
-        t.direction for t in gym.make("metarl/HalfCheetahDir-v0").unwrapped.sample_tasks(50, seed=0)
-    }
+    dirs = {t.direction for t in gym.make("metarl/HalfCheetahDir-v0").unwrapped.sample_tasks(50, seed=0)}
     assert dirs == {-1.0, 1.0}
-    ant_dirs = {
-        t.direction for t in gym.make("metarl/AntDir-v0").unwrapped.sample_tasks(50, seed=0)
-    }
+    ant_dirs = {t.direction for t in gym.make("metarl/AntDir-v0").unwrapped.sample_tasks(50, seed=0)}
     assert ant_dirs == {(-1.0, 0.0), (1.0, 0.0)}
     unit = np.array(
         [
             t.direction
-            for t in gym.make("metarl/AntDir-v0", direction_dim=2).unwrapped.sample_tasks(
-                200, seed=0
-            )
+            for t in gym.make("metarl/AntDir-v0", direction_dim=2).unwrapped.sample_tasks(200, seed=0)
         ]
     )
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0)
     assert (unit[:, 1] > 0.5).any() and (unit[:, 1] < -0.5).any()
 
-    square = np.array(
-        [t.goal for t in gym.make("metarl/AntGoal-v0").unwrapped.sample_tasks(500, seed=0)]
-    )
+    square = np.array([t.goal for t in gym.make("metarl/AntGoal-v0").unwrapped.sample_tasks(500, seed=0)])
     assert np.abs(square).max() <= 3.0 and (np.linalg.norm(square, axis=1) > 3.0).any()
     disk = np.array(
         [
@@ -254,9 +246,7 @@ def test_batched_matches_gymnasium_step_for_step(env_id: str, steps: int) -> Non
     np.testing.assert_allclose(obs_b.reshape(len(singles), -1).numpy(), obs_g, rtol=0, atol=1e-12)
 
     done = np.zeros(len(singles), dtype=bool)
-    actions = np.random.default_rng(2).uniform(
-        -1, 1, (steps, len(tasks), envs_per_task, family.model.nu)
-    )
+    actions = np.random.default_rng(2).uniform(-1, 1, (steps, len(tasks), envs_per_task, family.model.nu))
     for t in range(steps):
         obs_b, rew_b, term_b, trunc_b = batch.step(torch.from_numpy(actions[t]))
         obs_b, rew_b = obs_b.reshape(len(singles), -1).numpy(), rew_b.reshape(-1).numpy()
@@ -265,9 +255,7 @@ def test_batched_matches_gymnasium_step_for_step(env_id: str, steps: int) -> Non
             if done[i]:
                 assert rew_b[i] == 0.0 and not term_b[i]
                 continue
-            obs, reward, terminated, _, _ = env.step(
-                actions[t, i // envs_per_task, i % envs_per_task]
-            )
+            obs, reward, terminated, _, _ = env.step(actions[t, i // envs_per_task, i % envs_per_task])
             np.testing.assert_allclose(obs_b[i], obs, rtol=0, atol=1e-12)
             assert rew_b[i] == pytest.approx(reward, rel=0, abs=1e-12)
             assert bool(term_b[i]) == terminated

@@ -191,6 +191,7 @@ def _rows(path: Path) -> list[dict]:
 def test_rl2_trains_through_the_cli_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An uninterrupted run and a run interrupted after 4 of 6 iterations, then resumed with the CLI."""
     import tomllib
+
     from test_cli import scalar_tags
 
     from metarl import run

@@ -180,10 +180,7 @@ def test_batched_equals_gymnasium_step_for_step() -> None:
         for _ in range(horizon):
             actions = action_rng.integers(0, family.num_actions, size=(3, envs_per_task))
             draws = [
-                [
-                    (rng.standard_normal(dtype=np.float32), rng.random(dtype=np.float32))
-                    for rng in row
-                ]
+                [(rng.standard_normal(dtype=np.float32), rng.random(dtype=np.float32)) for rng in row]
                 for row in streams
             ]
             noise = TabularMDPNoise(
@@ -191,15 +188,10 @@ def test_batched_equals_gymnasium_step_for_step() -> None:
                 transition=torch.tensor([[u for _, u in row] for row in draws]),
             )
             results = [
-                [env.step(actions[b, e]) for e, env in enumerate(row)]
-                for b, row in enumerate(singles)
+                [env.step(actions[b, e]) for e, env in enumerate(row)] for b, row in enumerate(singles)
             ]
-            obs, reward, terminated, truncated = batched.step(
-                torch.from_numpy(actions), noise=noise
-            )
-            assert torch.equal(
-                obs, torch.tensor(np.array([[r[0] for r in row] for row in results]))
-            )
+            obs, reward, terminated, truncated = batched.step(torch.from_numpy(actions), noise=noise)
+            assert torch.equal(obs, torch.tensor(np.array([[r[0] for r in row] for row in results])))
             assert torch.equal(reward, torch.tensor([[r[1] for r in row] for row in results]))
             assert torch.equal(terminated, torch.tensor([[r[2] for r in row] for row in results]))
             assert torch.equal(truncated, torch.tensor([[r[3] for r in row] for row in results]))

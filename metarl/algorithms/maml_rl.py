@@ -63,7 +63,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from envs.base import Task
-from metarl import losses, optim
+from metarl import checks, losses, optim
 from metarl.core import MetaLearner
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.policies import GaussianMLPPolicy, Params
@@ -146,9 +146,7 @@ class MAMLRLConfig:
             "ppo_clip",
             "ppo_epochs",
         )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        checks.positive(self, *positive)
         if self.num_inner_steps < 0:
             raise ValueError(f"num_inner_steps must be >= 0, got {self.num_inner_steps}")
         if self.inner_lrs and len(self.inner_lrs) != self.num_inner_steps:

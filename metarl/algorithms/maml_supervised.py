@@ -44,6 +44,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from envs.base import Task
+from metarl import checks
 from metarl.core import MetaLearner, TaskSampler
 from metarl.data import FewShotBatch
 
@@ -84,9 +85,7 @@ class MAMLSupervisedConfig:
     vectorize: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch_size", "inner_lr", "outer_lr", "hidden_channels", "eval_chunk"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        checks.positive(self, "meta_batch_size", "inner_lr", "outer_lr", "hidden_channels", "eval_chunk")
         if self.num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be >= 1, got {self.num_inner_steps}")
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from metarl import checks
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
 from metarl.data import Episode, EpisodeSampler, FewShotBatch
@@ -62,9 +63,7 @@ class MatchingNetsConfig:
     eval_chunk: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("meta_batch_size", "lr", "attention_scale", "hidden_channels", "eval_chunk"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        checks.positive(self, "meta_batch_size", "lr", "attention_scale", "hidden_channels", "eval_chunk")
         if self.fce_steps < 0:
             raise ValueError(f"fce_steps must be >= 0, got {self.fce_steps}")
 

@@ -31,6 +31,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from metarl import checks
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
 from metarl.data import Episode, EpisodeSampler, FewShotBatch
@@ -59,16 +60,9 @@ class ProtoNetsConfig:
     eval_chunk: int = 50
 
     def __post_init__(self) -> None:
-        for name in (
-            "meta_batch_size",
-            "lr",
-            "lr_halve_every",
-            "cosine_scale",
-            "hidden_channels",
-            "eval_chunk",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        checks.positive(
+            self, "meta_batch_size", "lr", "lr_halve_every", "cosine_scale", "hidden_channels", "eval_chunk"
+        )
 
 
 # -- the math: pure functions ----------------------------------------------------------------------------

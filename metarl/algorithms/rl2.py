@@ -65,7 +65,7 @@ from torch import nn
 
 from envs.bandit import BernoulliBanditEnv
 from envs.base import Task
-from metarl import checkpoint, losses
+from metarl import checkpoint, checks, losses
 from metarl.core import MetaLearner
 from metarl.errors import ConfigError
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
@@ -141,18 +141,14 @@ class RL2Config:
             "max_grad_norm",
             "eval_trials_per_task",
         )
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        checks.positive(self, *positive)
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
         if not 0 <= self.value_norm_decay < 1:
             raise ValueError(f"value_norm_decay must be in [0, 1), got {self.value_norm_decay}")
         if not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
-        for name in ("entropy_coef", "value_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        checks.at_least(self, 0, "entropy_coef", "value_coef")
         if self.num_minibatches > self.meta_batch_size * self.trials_per_task:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) exceeds the trials per iteration "

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from metarl import checks
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
 from metarl.data import Episode, EpisodeSampler, FewShotBatch
@@ -74,16 +75,9 @@ class TransferConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in (
-            "meta_batch_size",
-            "lr",
-            "finetune_lr",
-            "steps_per_adapt",
-            "replay_examples",
-            "eval_chunk",
-        ):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        checks.positive(
+            self, "meta_batch_size", "lr", "finetune_lr", "steps_per_adapt", "replay_examples", "eval_chunk"
+        )
         if not 0.0 <= self.reg_lambda < 1.0:
             raise ValueError(f"reg_lambda must be in [0, 1), got {self.reg_lambda}")
 
