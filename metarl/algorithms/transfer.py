@@ -60,7 +60,6 @@ class TransferConfig:
         replay_examples: training-class images in the fixed ``L_pretrain`` batch.
         hidden_channels: filters of each conv4 block (64).
         eval_chunk: episodes fine-tuned at once at evaluation (memory only).
-        seed: seed of the replay batch's draw.
     """
 
     meta_batch_size: int = 8
@@ -72,7 +71,6 @@ class TransferConfig:
     replay_examples: int = 64
     hidden_channels: int = 64
     eval_chunk: int = 50
-    seed: int = 0
 
     def __post_init__(self) -> None:
         checks.positive(
@@ -97,13 +95,15 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
     metric_name = "accuracy"
     higher_is_better = True
 
-    def __init__(self, config: TransferConfig, tasks: EpisodeSampler, device: torch.device) -> None:
+    def __init__(
+        self, config: TransferConfig, tasks: EpisodeSampler, device: torch.device, seed: int = 0
+    ) -> None:
         self.config, self.tasks, self.device = config, tasks, device
         self.class_to_label = {int(c): i for i, c in enumerate(tasks.classes["train"])}
         shape = tuple(tasks.dataset.images.shape[1:])
         self.net = Conv4(shape, config.hidden_channels, out_features=len(self.class_to_label)).to(device)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
-        rng = np.random.default_rng(config.seed)
+        rng = np.random.default_rng(seed)  # the replay batch of the regularised loss
         classes = rng.choice(tasks.classes["train"], size=config.replay_examples)
         idx = [int(rng.choice(tasks.dataset.class_examples[int(c)])) for c in classes]
         self.replay_x = tasks.dataset.images[idx].to(device=device, dtype=torch.float32) / 255.0
@@ -221,4 +221,4 @@ def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, Transfer]:
         raise ConfigError("transfer classifies images: data.dataset must be 'omniglot' or 'image_folder'")
     with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
         torch.manual_seed(config.run.seed)
-        return tasks, Transfer(config.algo, tasks, device)
+        return tasks, Transfer(config.algo, tasks, device, config.run.seed)
