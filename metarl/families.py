@@ -23,31 +23,41 @@ def family_ids() -> list[str]:
     return [spec.id for spec in envs.FAMILIES]
 
 
-def _import_class(path: str) -> type:
-    module_name, _, class_name = path.partition(":")
-    if not module_name or not class_name:
-        raise ConfigError(f"env.id {path!r}: expected a registered id or 'module:Class'")
+def _import_named(path: str) -> type | str:
+    """``"module:Class"`` → the class; ``"module:Some-v0"`` → the id the module registered with gymnasium.
+
+    Only the module the user named is imported (gymnasium's own ``"module:EnvId"`` convention).
+    """
+    module_name, _, name = path.partition(":")
+    if not module_name or not name:
+        raise ConfigError(f"env.id {path!r}: expected a registered id, 'module:Class' or 'module:EnvId'")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ConfigError(f"env.id {path!r}: cannot import module {module_name!r} ({exc})") from None
-    cls = getattr(module, class_name, None)
+    if name in gym.registry:
+        return name
+    cls = getattr(module, name, None)
     if not inspect.isclass(cls):
-        raise ConfigError(f"env.id {path!r}: module {module_name!r} has no class {class_name!r}")
+        raise ConfigError(
+            f"env.id {path!r}: module {module_name!r} has no class {name!r} and registers no id {name!r}"
+        )
+    if not issubclass(cls, gym.Env):
+        raise ConfigError(f"env.id {path!r}: {cls.__name__} is not a gymnasium.Env")
     return cls
 
 
 def env_factory(env_id: str, kwargs: dict[str, Any], max_episode_steps: int | None) -> Callable[[], gym.Env]:
     """A zero-argument constructor of the family's env, validated once (it builds one env to check it).
 
-    ``env_id`` is a registered id (``metarl/Navigation2D-v0``) or ``"module:Class"``; only the module the user
-    named is imported. The env must follow the task-family contract (``sample_tasks``, ``set_task``,
-    ``get_task``) and have a finite horizon (from its registration or ``max_episode_steps``).
+    ``env_id`` is a registered id (``metarl/Navigation2D-v0``), ``"module:Class"`` or ``"module:EnvId"``
+    (an id the module registers on import); only the module the user named is imported. The env must
+    follow the task-family contract (``sample_tasks``, ``set_task``, ``get_task``) and have a finite
+    horizon (from its registration or ``max_episode_steps``).
     """
-    if ":" in env_id and env_id not in gym.registry:
-        cls = _import_class(env_id)
-        if not issubclass(cls, gym.Env):
-            raise ConfigError(f"env.id {env_id!r}: {cls.__name__} is not a gymnasium.Env")
+    named = _import_named(env_id) if ":" in env_id and env_id not in gym.registry else env_id
+    if not isinstance(named, str):
+        cls = named
 
         def make() -> gym.Env:
             env = cls(**kwargs)
@@ -56,15 +66,15 @@ def env_factory(env_id: str, kwargs: dict[str, Any], max_episode_steps: int | No
             return env
 
     else:
-        if env_id not in gym.registry:
+        if named not in gym.registry:
             raise ConfigError(
                 f"env.id {env_id!r} is not registered; valid: {', '.join(family_ids())} "
-                "or 'module:Class' of your own family"
+                "or 'module:Class' / 'module:EnvId' of your own family"
             )
         extra = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
 
         def make() -> gym.Env:
-            return gym.make(env_id, **kwargs, **extra)
+            return gym.make(named, **kwargs, **extra)
 
     try:
         probe = make()

@@ -228,6 +228,9 @@ class LineFamily(TaskFamily, gym.Env):
     def step(self, action):
         self._x = (self._x + np.clip(action, -0.2, 0.2)).astype(np.float32)
         return self._x.copy(), -abs(float(self._x[0]) - self.get_task().target), False, False, {}
+
+
+gym.register("user/Line-v0", entry_point=LineFamily, max_episode_steps=10)
 '''
 
 
@@ -246,6 +249,9 @@ def test_user_family_trains_with_the_same_command(tiny_config, tmp_path: Path) -
     tasks = json.loads((run_dir / "tasks.json").read_text())["tasks"]
     assert all(abs(t["target"]) <= 0.5 for t in tasks)
     proc = run_cli("evaluate", str(run_dir), "--num-tasks", "3", "--steps", "1", env=env)
+    assert proc.returncode == 0, proc.stderr
+    registered = tiny_config(iterations=1, env_id="my_family:user/Line-v0")
+    proc = run_cli("train", str(registered), "--run-dir", str(tmp_path / "run_registered"), env=env)
     assert proc.returncode == 0, proc.stderr
     one_clean_line(
         run_cli(
