@@ -504,3 +504,11 @@ def build_sampler(data: Any) -> EpisodeSampler | SinusoidSampler:
         return EpisodeSampler(dataset, train_ids, test_ids, train, test, fixed)
     dataset, train_ids, test_ids = load_image_folder(data.root, data.image_size, data.channels)
     return EpisodeSampler(dataset, train_ids, test_ids, train, test)
+
+
+def build_image_sampler(data: Any, algo_name: str) -> EpisodeSampler:
+    """``build_sampler`` for learners that classify images: a clear error for ``sinusoid`` data."""
+    tasks = build_sampler(data)
+    if not isinstance(tasks, EpisodeSampler):
+        raise ConfigError(f"{algo_name} classifies images: data.dataset must be 'omniglot' or 'image_folder'")
+    return tasks

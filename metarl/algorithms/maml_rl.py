@@ -68,6 +68,7 @@ from metarl.core import MetaLearner
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.policies import GaussianMLPPolicy, Params
 from metarl.rollouts import Episodes, RolloutSampler
+from metarl.seeding import seeded
 
 #: Key prefix of the learned inner step sizes among the meta-parameters (Meta-SGD).
 LR_PREFIX = "inner_lr/"
@@ -236,8 +237,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
         self.config = config
         self.sampler = sampler
         self.device = sampler.device
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.policy = GaussianMLPPolicy(
                 sampler.obs_dim, sampler.action_dim, config.hidden_sizes, config.activation, config.init_std
             ).to(self.device)

@@ -47,6 +47,7 @@ from envs.base import Task
 from metarl import checks
 from metarl.core import MetaLearner, TaskSampler
 from metarl.data import FewShotBatch
+from metarl.seeding import seeded
 
 Params = dict[str, torch.Tensor]
 
@@ -184,8 +185,7 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         self.config, self.tasks, self.device = config, tasks, device
         self.regression = ways == 0
         self.metric_name, self.higher_is_better = ("mse", False) if self.regression else ("accuracy", True)
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
-            torch.manual_seed(seed)
+        with seeded(seed):
             if config.network == "mlp":
                 self.net: nn.Module = mlp((1, *config.hidden_sizes, 1 if self.regression else ways))
             else:

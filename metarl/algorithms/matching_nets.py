@@ -38,6 +38,7 @@ from metarl import checks
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
 from metarl.data import Episode, EpisodeSampler, FewShotBatch
+from metarl.seeding import seeded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,14 +222,8 @@ class MatchingNets(MetaLearner[FewShotBatch, MatchingState]):
 
 def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, MatchingNets]:
     """The registry's builder: episodes of ``config.data``, a learner of ``config.algo``."""
-    from metarl.data import build_sampler
-    from metarl.errors import ConfigError
+    from metarl.data import build_image_sampler
 
-    tasks = build_sampler(config.data)
-    if not isinstance(tasks, EpisodeSampler):
-        raise ConfigError(
-            "matching_nets classifies images: data.dataset must be 'omniglot' or 'image_folder'"
-        )
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
-        torch.manual_seed(config.run.seed)
+    tasks = build_image_sampler(config.data, "matching_nets")
+    with seeded(config.run.seed):
         return tasks, MatchingNets(config.algo, tasks, device)

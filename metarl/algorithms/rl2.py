@@ -69,6 +69,7 @@ from metarl import checkpoint, checks, losses
 from metarl.core import MetaLearner
 from metarl.errors import ConfigError
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
+from metarl.seeding import seeded
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,8 +281,7 @@ class RL2(MetaLearner[Segment, RL2State]):
         else:
             raise ValueError(f"RL² supports Discrete and Box action spaces, got {action_space}")
         self.input_dim = self.obs_dim + self.action_dim + 2
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
-            torch.manual_seed(seed)
+        with seeded(seed):
             self.net = RL2Network(
                 self.input_dim, config.hidden_size, self.action_dim, self.discrete, config.init_log_std
             ).to(device)

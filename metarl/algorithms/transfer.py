@@ -41,6 +41,7 @@ from metarl import checks
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
 from metarl.data import Episode, EpisodeSampler, FewShotBatch
+from metarl.seeding import seeded
 
 Params = dict[str, torch.Tensor]
 
@@ -213,12 +214,8 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
 
 def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, Transfer]:
     """The registry's builder: episodes of ``config.data``, a learner of ``config.algo``."""
-    from metarl.data import build_sampler
-    from metarl.errors import ConfigError
+    from metarl.data import build_image_sampler
 
-    tasks = build_sampler(config.data)
-    if not isinstance(tasks, EpisodeSampler):
-        raise ConfigError("transfer classifies images: data.dataset must be 'omniglot' or 'image_folder'")
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation; the global RNG is left as it was
-        torch.manual_seed(config.run.seed)
+    tasks = build_image_sampler(config.data, "transfer")
+    with seeded(config.run.seed):
         return tasks, Transfer(config.algo, tasks, device, config.run.seed)
