@@ -164,6 +164,10 @@ class BernoulliBanditEnv(TaskFamily, gym.Env[np.ndarray, np.int64]):
         truncated = self._pulls >= self.num_pulls
         return np.zeros(1, dtype=np.float32), float(reward), False, truncated, {}
 
+    def oracle_return(self, task: BanditTask, horizon: int) -> float:
+        """Expected return of the optimal policy that knows the arms: ``horizon · max_i p_i``."""
+        return float(horizon * max(task.probs))
+
     def make_batched(
         self,
         tasks: Sequence[BanditTask],

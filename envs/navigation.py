@@ -116,6 +116,27 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
             {"distance": float(np.sqrt(np.float64(sq)))},
         )
 
+    def oracle_return(self, task: NavigationTask, horizon: int) -> float:
+        """Return of the optimal policy that knows the goal, over an episode of ``horizon`` steps.
+
+        Every step moves each coordinate towards the goal by at most ``max_velocity``, so after ``t`` steps
+        the closest reachable point is the goal clipped to the box ``[−t·v, t·v]²``; the greedy policy
+        ``a = clip(goal − s, −v, v)`` is at that point at every ``t``, so it maximises every term of the
+        return at once (MAML §5.3's "oracle" for this task). Simulated with the env's own float32 step.
+        """
+        oracle = type(self)(
+            self.goal_low, self.goal_high, self.max_velocity, self.success_tolerance, self.squared_distance
+        )
+        state, _ = oracle.reset(options={"task": task})
+        total = 0.0
+        goal = np.asarray(task.goal, dtype=np.float32)
+        for _ in range(horizon):
+            state, reward, terminated, _, _ = oracle.step(goal - state)
+            total += reward
+            if terminated:
+                break
+        return total
+
     def make_batched(
         self,
         tasks: Sequence[NavigationTask],

@@ -1,4 +1,6 @@
-"""``metarl`` command line: ``train``, ``evaluate``, ``list``. It parses arguments and calls ``metarl.run``.
+"""``metarl`` command line: ``train``, ``evaluate``, ``compare``, ``list``.
+
+It parses arguments and calls ``metarl.run`` / ``metarl.compare``.
 
 Every user error (bad config, unknown family, corrupted checkpoint, …) ends with one line on stderr and
 exit code 2, without a traceback and without touching an existing run dir.
@@ -55,6 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     ev.add_argument("--device", choices=["cpu", "cuda", "auto"])
 
+    cmp = sub.add_parser(
+        "compare", help="learning from scratch vs transfer vs meta-learning on the same held-out tasks"
+    )
+    cmp.add_argument("config", help="compare TOML (experiments/compare_*.toml)")
+    cmp.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a key, e.g. --set compare.num_tasks=10 (repeatable)",
+    )
+    cmp.add_argument("--out", type=Path, help="output directory (default: runs/compare/<config name>)")
+    cmp.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override compare.device")
+    cmp.add_argument("--data-root", help="override data.root (supervised data sets)")
+
     sub.add_parser("list", help="task families and algorithms")
     return parser
 
@@ -101,6 +119,17 @@ def _evaluate(args: argparse.Namespace) -> None:
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from metarl import compare
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"compare.device='{args.device}'")
+    spec = compare.load(args.config, overrides)
+    out = args.out or Path("runs") / "compare" / Path(args.config).stem
+    compare.run_compare(spec, out, args.data_root)
+
+
 def _list() -> None:
     import gymnasium as gym
 
@@ -129,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args)
+        elif args.command == "compare":
+            _compare(args)
         else:
             _list()
     except MetarlError as exc:

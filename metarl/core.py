@@ -104,6 +104,17 @@ class MetaLearner(abc.ABC, Generic[Support, Adapted]):
         """
         return curve_mean[-1] if self.higher_is_better else -curve_mean[-1]
 
+    def adaptation_cost(self) -> tuple[int, int]:
+        """``(support_steps, evaluated_steps)`` of an RL learner, per task.
+
+        ``support_steps``: environment steps of experience one ``support`` call gathers for a task;
+        ``evaluated_steps``: the length of the episode (or segment) whose return ``evaluate`` reports.
+        ``metarl compare`` uses them to put every learner on one x-axis (environment steps of experience
+        on the task) and one y-axis (return per episode). Supervised learners do not implement it: their
+        adaptation budget is the number of labelled examples in the support set.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not report its adaptation cost in env steps")
+
     # -- persistence ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:

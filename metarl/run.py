@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -186,8 +187,11 @@ def _postfix(metrics: dict[str, float]) -> dict[str, str]:
     }
 
 
-def load_run(run_dir: Path, which: str = "latest", device: str | None = None) -> Experiment:
-    """Rebuild a run's learner from its config and checkpoint (``latest`` or ``best``)."""
+def load_run(
+    run_dir: Path, which: str = "latest", device: str | None = None, overrides: Sequence[str] = ()
+) -> Experiment:
+    """Rebuild a run's learner from its config (with ``--set`` style ``overrides``, e.g. evaluation
+    settings) and checkpoint (``latest`` or ``best``)."""
     from metarl.config import resolve
 
     run_dir = Path(run_dir)
@@ -198,7 +202,7 @@ def load_run(run_dir: Path, which: str = "latest", device: str | None = None) ->
         raw = json.loads(config_path.read_text())
     except json.JSONDecodeError:
         raise RunDirError(f"{str(config_path)!r} is corrupted") from None
-    config = resolve(raw)
+    config = resolve(raw, list(overrides))
     exp = Experiment.build(config, resolve_device(device or config.run.device))
     state = checkpoint.load(run_dir / "checkpoints" / f"{which}.pt")
     exp.learner.load_state_dict(state["learner"])

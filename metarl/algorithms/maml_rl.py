@@ -350,6 +350,10 @@ class MAMLRL(MetaLearner[Batch, Params]):
     def evaluate(self, tasks: Sequence[Task], adapted: Params) -> torch.Tensor:
         return self.sampler.rollout(tasks, self._act_fn(adapted)).task_returns()
 
+    def adaptation_cost(self) -> tuple[int, int]:
+        horizon = self.sampler.horizon
+        return self.sampler.envs_per_task * horizon, horizon
+
     def meta_update(self, tasks: Sequence[Task]) -> dict[str, float]:
         cfg = self.config
         t0 = time.perf_counter()

@@ -400,6 +400,9 @@ class RL2(MetaLearner[Segment, RL2State]):
         traj, _ = self._rollout(env, adapted, 1, self.eval_generator)
         return self._segment_returns(traj, len(tasks))[0]
 
+    def adaptation_cost(self) -> tuple[int, int]:
+        return self.segment_steps, self.segment_steps
+
     def trial_returns(self, tasks: Sequence[Task], trials_per_task: int = 1, seed: int = 0) -> torch.Tensor:
         """``[N]`` total reward of whole trials from a zero hidden state (RL² Tables 1–2), mean per task."""
         generator = torch.Generator(device=self.device)
