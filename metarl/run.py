@@ -11,7 +11,8 @@ A run directory holds::
 
 ``train(..., resume=True)`` continues a killed run from ``checkpoints/latest.pt``: the learner, its
 optimiser and every random generator are restored, and whatever the killed run logged after that
-checkpoint is dropped, so the final metrics equal those of an uninterrupted run (CPU, same seed).
+checkpoint is dropped, so the final metrics equal those of an uninterrupted run (CPU, same seed). The
+config must be the run's own, except that ``run.iterations`` may grow: a finished run is extended.
 """
 
 from __future__ import annotations
@@ -94,6 +95,8 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
     except json.JSONDecodeError:
         raise RunDirError(f"cannot resume {str(run_dir)!r}: {CONFIG_FILE} is corrupted") from None
     changed = diff(saved, config.to_dict())
+    if changed == ["run.iterations"] and config.run.iterations >= saved["run"]["iterations"]:
+        changed = []  # extending the budget of a run: every state it resumes from is unchanged
     if changed:
         raise RunDirError(
             f"cannot resume {str(run_dir)!r}: its config differs in {', '.join(changed)}; "
@@ -121,6 +124,7 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
         rng.bit_generator.state = json.loads(state["task_rng"])
         iteration, env_steps, best = state["iteration"], state["env_steps"], state["best"]
         held_out = exp.held_out_tasks(run_dir)
+        (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")  # a longer budget
     else:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")

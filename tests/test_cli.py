@@ -265,3 +265,19 @@ def test_user_family_trains_with_the_same_command(tiny_config, tmp_path: Path) -
         ),
         "has no class 'Nope'",
     )
+
+
+def test_resume_extends_a_finished_run_but_never_shortens_it(tiny_config, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    assert run_cli("train", str(tiny_config(iterations=2)), "--run-dir", str(run_dir)).returncode == 0
+    proc = run_cli("train", "--run-dir", str(run_dir), "--resume", "--set", "run.iterations=4")
+    assert proc.returncode == 0, proc.stderr
+    assert [r["iteration"] for r in learning_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert json.loads((run_dir / "config.json").read_text())["run"]["iterations"] == 4
+    one_clean_line(
+        run_cli("train", "--run-dir", str(run_dir), "--resume", "--set", "run.iterations=3"),
+        "differs in run.iterations",
+    )
+    one_clean_line(
+        run_cli("train", "--run-dir", str(run_dir), "--resume", "--set", "run.seed=5"), "differs in run.seed"
+    )

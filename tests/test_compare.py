@@ -195,3 +195,67 @@ def test_bad_compare_files_fail_with_one_line(tmp_path: Path, text: str, message
     proc = run_cli("compare", str(path), "--out", str(tmp_path / "out"))
     one_clean_line(proc, message)
     assert not (tmp_path / "out").exists()
+
+
+SINUSOID_RUN = """
+[run]
+iterations = 3
+eval_every = 3
+eval_tasks = 4
+eval_steps = 2
+[data]
+dataset = "sinusoid"
+shots = 5
+[algo]
+{algo}
+"""
+
+
+def test_supervised_compare_end_to_end_on_sinusoids(tmp_path: Path) -> None:
+    """Runs trained by the command, the same held-out functions at every K, every output file written."""
+    maml = tmp_path / "maml.toml"
+    maml.write_text(SINUSOID_RUN.format(algo='name = "maml_supervised"\nnetwork = "mlp"\ninner_lr = 0.01'))
+    transfer = tmp_path / "transfer.toml"
+    transfer.write_text(
+        SINUSOID_RUN.format(algo='name = "transfer"\nfinetune_lr = 0.01\nsteps_per_adapt = 2')
+    )
+    config = tmp_path / "compare.toml"
+    config.write_text(
+        f"""
+[compare]
+budgets = [2, 5]
+num_tasks = 6
+[data]
+dataset = "sinusoid"
+queries = 10
+[transfer]
+run = "{tmp_path / "transfer_run"}"
+config = "{transfer}"
+checkpoint = "latest"
+[[meta]]
+name = "MAML"
+run = "{tmp_path / "maml_run"}"
+config = "{maml}"
+checkpoint = "latest"
+"""
+    )
+    out = tmp_path / "out"
+    proc = run_cli("compare", str(config), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    result = json.loads((out / "compare.json").read_text())
+    assert result["metric"] == "mse" and result["higher_is_better"] is False
+    names = [m["name"] for m in result["methods"]]
+    assert names == [
+        "MAML",
+        "transfer, head fine-tuning",
+        "transfer, full fine-tuning",
+        "transfer, regularized fine-tuning",
+        "from scratch (fresh network)",
+    ]
+    for method in result["methods"]:
+        assert method["budgets"] == [2, 5] and all(len(row) == 6 for row in method["per_task"])
+        assert all(math.isfinite(v) and v >= 0 for row in method["per_task"] for v in row)
+    assert result["oracle"] == 0.0 and result["floor"] > 0.5  # E[y²] of the queries: amplitudes up to 5
+    assert "labelled examples per class" in (out / "compare.md").read_text()

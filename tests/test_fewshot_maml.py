@@ -83,3 +83,45 @@ def test_meta_update_loop_and_vmap_take_the_same_step() -> None:
     for k in p_v:
         torch.testing.assert_close(p_v[k], p_l[k], rtol=1e-5, atol=1e-7)
     assert m_v["losses/outer_loss"] == pytest.approx(m_l["losses/outer_loss"], rel=1e-5)
+
+
+def support_losses(learner: MAMLSupervised, tasks: list, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Support loss ``[steps + 1, T]`` along the test-time adaptation, and the query MSE after each step."""
+    adapted = learner.initial(tasks)
+    losses, query = [], []
+    for step in range(steps + 1):
+        fast, batch = adapted.fast, adapted.batch
+        losses.append(torch.vmap(learner.loss)(fast, batch.support_x, batch.support_y))
+        query.append(learner.evaluate(tasks, adapted))
+        if step < steps:
+            adapted = learner.adapt(adapted, learner.support(tasks, adapted, step), step)
+    return torch.stack(losses), torch.stack(query)
+
+
+def test_test_steps_beyond_training_do_not_diverge() -> None:
+    """The 70k-iteration sinusoid run's failure in small: where θ is sharper than ``2/α``, ten plain steps
+    of α diverge to nan on some tasks; the line search of later steps keeps every task finite and its
+    support loss non-increasing, and leaves the trained first step untouched."""
+    tasks = SinusoidSampler(test_shots=5)
+    held = tasks.held_out(50, seed=0)
+    runs = {}
+    for rule in ("fixed", "armijo"):
+        config = MAMLSupervisedConfig(inner_lr=0.1, network="mlp", extra_step_rule=rule)
+        runs[rule] = support_losses(MAMLSupervised(config, tasks, CPU, ways=0, seed=0), held, 10)
+    (_, fixed_query), (losses, query) = runs["fixed"], runs["armijo"]
+    assert not torch.isfinite(fixed_query[-1]).all()  # the hazard is real with plain steps
+    assert torch.isfinite(query).all() and torch.isfinite(losses).all()
+    torch.testing.assert_close(query[:2], fixed_query[:2])  # step 1 = the meta-trained update, verbatim
+    assert (losses[2:] <= losses[1:-1] + 1e-6).all()  # monotone support loss after the trained step
+
+
+def test_line_search_takes_the_plain_step_where_it_descends() -> None:
+    tasks = SinusoidSampler(test_shots=5)
+    held = tasks.held_out(20, seed=0)
+    curves = []
+    for rule in ("fixed", "armijo"):
+        config = MAMLSupervisedConfig(inner_lr=1e-3, network="mlp", extra_step_rule=rule)
+        curves.append(adaptation_curve(MAMLSupervised(config, tasks, CPU, ways=0, seed=0), held, 4))
+    torch.testing.assert_close(curves[0], curves[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="extra_step_rule"):
+        MAMLSupervisedConfig(extra_step_rule="clip")  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Transfer-learning baselines: pretrain one classifier on all training classes, then fine-tune per episode.
+"""Transfer-learning baselines: pretrain one network on all training data, then fine-tune it per task.
 
 The course material's comparison point for meta-learning (and the "pretrained" baselines of Finn et al.
 2017 §5 and Chen et al. 2019, "A Closer Look at Few-shot Classification", arXiv:1904.04232). Meta-training
@@ -15,13 +15,31 @@ adaptation step is ``steps_per_adapt`` full-batch gradient steps on the support 
   keeps the features close to what they were pretrained for).
 
 BatchNorm uses the running statistics of pretraining during fine-tuning (``eval`` mode), so an episode's
-prediction does not depend on its other queries.
+prediction does not depend on its other queries (a never-pretrained network: see below).
 
-Logged metrics (TensorBoard tags, x-axis = training episodes seen):
+**Sinusoid regression** (``data.dataset = "sinusoid"``) is the "pretrained" baseline of Finn et al. (2017,
+arXiv:1703.03400) §5.1 and Fig. 2: one MLP ``1 → hidden_sizes (ReLU) → 1`` regresses the support and query
+points of every sampled training task jointly (MSE, Adam), i.e. it learns the mean function of the task
+distribution. The features are the hidden layers and the head is the last linear layer; at test the head is
+the *pretrained* output layer (regression keeps the output space, so it is not reset), fine-tuned per task
+in the same three modes, with ``L_pretrain`` the MSE of the fine-tuned network (features and head) on a
+fixed replay batch of training-task points. ``evaluate`` returns the query MSE (lower is better).
 
-- ``meta_train/accuracy_pre_adapt``: chance, ``1/N`` (a new head knows nothing).
-- ``meta_train/accuracy_post_adapt``: the pretraining classifier's accuracy over its training batch.
-- ``losses/loss``: the pretraining cross-entropy.
+**Learning from scratch.** A learner that never ran ``meta_update`` (0 pretraining iterations) in mode
+``"finetune"`` fits a freshly initialised network on each support set: the MLP with its initial output
+layer, or conv4 with a zero head. Such a conv4 has no running statistics (only BatchNorm's placeholders,
+under which its features shrink to ≈ 0.04 and 100 SGD steps cannot fit 5 support images), so every
+BatchNorm layer normalises with the statistics of the task's support set at the current weights — the batch
+statistics a fresh network trained on that support set uses; the queries never enter them
+(:meth:`Transfer.support_statistics`).
+
+Logged metrics (TensorBoard tags, x-axis = training tasks seen):
+
+- ``meta_train/accuracy_pre_adapt``: chance, ``1/N`` (a new head knows nothing); for sinusoids
+  ``meta_train/mse_pre_adapt``, the query MSE of the pretrained network on the training tasks.
+- ``meta_train/accuracy_post_adapt``: the pretraining classifier's accuracy over its training batch; for
+  sinusoids ``meta_train/mse_post_adapt``, the query MSE after one adaptation step on each task's support.
+- ``losses/loss``: the pretraining cross-entropy (MSE for sinusoids).
 - ``time/iteration_s``: the whole meta-iteration.
 """
 
@@ -35,12 +53,14 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from envs.base import Task
 from metarl import checks
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
-from metarl.data import Episode, EpisodeSampler, FewShotBatch
+from metarl.data import EpisodeSampler, FewShotBatch, SinusoidSampler
 from metarl.seeding import seeded
 
 Params = dict[str, torch.Tensor]
@@ -49,7 +69,8 @@ Params = dict[str, torch.Tensor]
 @dataclasses.dataclass(frozen=True)
 class TransferConfig:
     """Hyperparameters of the transfer baselines (Chen et al. 2019 §3 use Adam 1e-3 to pretrain and
-    100 fine-tuning steps on the support set).
+    100 fine-tuning steps on the support set). The fine-tuning defaults are for images; the sinusoid preset
+    takes MAML's α = 0.01 and one SGD step per adaptation step.
 
     Attributes:
         meta_batch_size: training episodes pooled into one pretraining mini-batch.
@@ -58,8 +79,10 @@ class TransferConfig:
         finetune_lr: SGD step size of test-time fine-tuning.
         steps_per_adapt: SGD steps per adaptation step of the interface.
         reg_lambda: λ of the regularized loss (``"regularized"`` only).
-        replay_examples: training-class images in the fixed ``L_pretrain`` batch.
-        hidden_channels: filters of each conv4 block (64).
+        replay_examples: training-class images in the fixed ``L_pretrain`` batch (for sinusoids: points,
+            one from each of as many training tasks).
+        hidden_channels: filters of each conv4 block (64), for images.
+        hidden_sizes: hidden layers of the regression MLP (2×40 ReLU, as MAML's), for sinusoids.
         eval_chunk: episodes fine-tuned at once at evaluation (memory only).
     """
 
@@ -71,6 +94,7 @@ class TransferConfig:
     reg_lambda: float = 0.5
     replay_examples: int = 64
     hidden_channels: int = 64
+    hidden_sizes: tuple[int, ...] = (40, 40)
     eval_chunk: int = 50
 
     def __post_init__(self) -> None:
@@ -79,10 +103,32 @@ class TransferConfig:
         )
         if not 0.0 <= self.reg_lambda < 1.0:
             raise ValueError(f"reg_lambda must be in [0, 1), got {self.reg_lambda}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ValueError(f"hidden_sizes must be a non-empty list of sizes >= 1, got {self.hidden_sizes}")
+
+
+class RegressionMLP(nn.Module):
+    """``1 → hidden_sizes (ReLU) → 1``, split like :class:`Conv4`: ``features`` (the hidden layers, ending in
+    a ReLU) and ``head`` (the output layer)."""
+
+    def __init__(self, hidden_sizes: Sequence[int]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 1
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = width
+        self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
 
 
 class TransferState(NamedTuple):
-    """Episodes being fine-tuned: their batch, the per-episode features ``[T, …]`` and new heads."""
+    """Tasks being fine-tuned: their batch, ``ways`` (0 for regression), the per-task features ``[T, …]``
+    and heads."""
 
     batch: FewShotBatch
     ways: int
@@ -91,38 +137,98 @@ class TransferState(NamedTuple):
 
 
 class Transfer(MetaLearner[FewShotBatch, TransferState]):
-    """Pretrain-then-fine-tune baselines behind the meta-learner interface (see the module docstring)."""
+    """Pretrain-then-fine-tune baselines behind the meta-learner interface (see the module docstring).
 
-    metric_name = "accuracy"
-    higher_is_better = True
+    Args:
+        config: the hyperparameters.
+        tasks: an :class:`~metarl.data.EpisodeSampler` (images: conv4, ``accuracy``) or a
+            :class:`~metarl.data.SinusoidSampler` (regression: the MLP, ``mse``).
+        device: where the parameters live.
+        seed: draws the fixed replay batch of the regularised loss.
+    """
 
     def __init__(
-        self, config: TransferConfig, tasks: EpisodeSampler, device: torch.device, seed: int = 0
+        self,
+        config: TransferConfig,
+        tasks: EpisodeSampler | SinusoidSampler,
+        device: torch.device,
+        seed: int = 0,
     ) -> None:
         self.config, self.tasks, self.device = config, tasks, device
-        self.class_to_label = {int(c): i for i, c in enumerate(tasks.classes["train"])}
-        shape = tuple(tasks.dataset.images.shape[1:])
-        self.net = Conv4(shape, config.hidden_channels, out_features=len(self.class_to_label)).to(device)
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
+        self.regression = isinstance(tasks, SinusoidSampler)
+        self.metric_name, self.higher_is_better = ("mse", False) if self.regression else ("accuracy", True)
         rng = np.random.default_rng(seed)  # the replay batch of the regularised loss
-        classes = rng.choice(tasks.classes["train"], size=config.replay_examples)
-        idx = [int(rng.choice(tasks.dataset.class_examples[int(c)])) for c in classes]
-        self.replay_x = tasks.dataset.images[idx].to(device=device, dtype=torch.float32) / 255.0
-        self.replay_y = torch.as_tensor([self.class_to_label[int(c)] for c in classes], device=device)
+        self.net: Conv4 | RegressionMLP
+        if isinstance(tasks, SinusoidSampler):
+            self.net = RegressionMLP(config.hidden_sizes).to(device)
+            replay_tasks = tasks.sample(config.replay_examples, split="train", rng=rng)
+            replay = tasks.batch(replay_tasks, device, split="train")
+            self.replay_x, self.replay_y = replay.support_x[:, 0], replay.support_y[:, 0]  # [R, 1] each
+        else:
+            self.class_to_label = {int(c): i for i, c in enumerate(tasks.classes["train"])}
+            shape = tuple(tasks.dataset.images.shape[1:])
+            self.net = Conv4(shape, config.hidden_channels, out_features=len(self.class_to_label)).to(device)
+            classes = rng.choice(tasks.classes["train"], size=config.replay_examples)
+            idx = [int(rng.choice(tasks.dataset.class_examples[int(c)])) for c in classes]
+            self.replay_x = tasks.dataset.images[idx].to(device=device, dtype=torch.float32) / 255.0
+            self.replay_y = torch.as_tensor([self.class_to_label[int(c)] for c in classes], device=device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
 
-    # -- per-episode fine-tuning, vmapped -------------------------------------------------------------
-    def logits(self, features: Params, head: Params, x: torch.Tensor) -> torch.Tensor:
-        z = functional_call(self.net.features, {**features, **self._buffers()}, (x,))
-        return F.linear(z, head["weight"], head["bias"])
+    # -- per-task fine-tuning, vmapped ----------------------------------------------------------------
+    def predict(self, features: Params, head: Params, x: torch.Tensor, x_stats: torch.Tensor) -> torch.Tensor:
+        """Logits (images) or regression outputs of one task's fine-tuned network on ``x``; ``x_stats`` (the
+        task's support inputs) only matters for a never-pretrained conv4 (see :meth:`support_statistics`)."""
+        if not self.support_statistics():
+            z = functional_call(self.net.features, {**features, **self._buffers()}, (x,))
+            return F.linear(z, head["weight"], head["bias"])
+        h, hs = x, x_stats
+        for name, module in self.net.features.named_children():
+            own = {k[len(name) + 1 :]: v for k, v in features.items() if k.startswith(f"{name}.")}
+            if isinstance(module, nn.BatchNorm2d):
+                mean = hs.mean((0, 2, 3), keepdim=True)
+                inv_std = torch.rsqrt(hs.var((0, 2, 3), unbiased=False, keepdim=True) + module.eps)
+                scale, shift = own["weight"].view(1, -1, 1, 1), own["bias"].view(1, -1, 1, 1)
+                h, hs = [(t - mean) * inv_std * scale + shift for t in (h, hs)]
+            else:
+                h, hs = functional_call(module, own, (h,)), functional_call(module, own, (hs,))
+        return F.linear(h, head["weight"], head["bias"])
+
+    def support_statistics(self) -> bool:
+        """Whether BatchNorm normalises with each task's support statistics rather than its running ones.
+
+        Pretraining leaves running statistics of the training images, used at fine-tuning and test
+        (``eval`` mode). A conv4 that was never pretrained holds only the placeholders mean 0, variance 1,
+        under which its activations shrink block after block (mean |feature| ≈ 0.04 at 16 channels) and
+        100 SGD steps do not fit 5 support images; it normalises every BatchNorm layer with the statistics of
+        the task's support set at its current weights instead — the batch statistics of a fresh network
+        trained on that support set, never those of the queries. Always ``False`` for the MLP.
+        """
+        counts = [int(v) for k, v in self.net.features.named_buffers() if k.endswith("num_batches_tracked")]
+        return bool(counts) and max(counts) == 0
 
     def _buffers(self) -> Params:
         return {k: v for k, v in self.net.features.named_buffers()}
 
+    def loss(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of logits, or MSE of regression outputs."""
+        return F.mse_loss(out, y) if self.regression else F.cross_entropy(out, y)
+
+    def metric(
+        self, features: Params, head: Params, x_support: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """Query accuracy, or query MSE, of one task."""
+        out = self.predict(features, head, x, x_support)
+        return F.mse_loss(out, y) if self.regression else (out.argmax(-1) == y).float().mean()
+
     def target_loss(self, features: Params, head: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(self.logits(features, head, x), y)
+        loss = self.loss(self.predict(features, head, x, x), y)
         if self.config.mode == "regularized":
-            old_head = {k: v.detach() for k, v in self.net.head.named_parameters()}
-            replay = F.cross_entropy(self.logits(features, old_head, self.replay_x), self.replay_y)
+            # images: the pretraining softmax head (the new N-way head has another output space);
+            # regression: the fine-tuned network itself, whose head *is* the pretraining head
+            old_head = (
+                head if self.regression else {k: v.detach() for k, v in self.net.head.named_parameters()}
+            )
+            replay = self.loss(self.predict(features, old_head, self.replay_x, x), self.replay_y)
             loss = self.config.reg_lambda * replay + (1 - self.config.reg_lambda) * loss
         return loss
 
@@ -140,17 +246,30 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
         return features, head
 
     # -- inner loop ----------------------------------------------------------------------------------
-    def initial(self, tasks: Sequence[Episode]) -> TransferState:
-        n, ways = len(tasks), tasks[0].ways
-        dim = self.net.feature_dim
-        features = {k: v.detach().expand(n, *v.shape) for k, v in self.net.features.named_parameters()}
-        head = {
-            "weight": torch.zeros(n, ways, dim, device=self.device),
-            "bias": torch.zeros(n, ways, device=self.device),
-        }
-        return TransferState(self.tasks.batch(tasks, self.device), ways, features, head)
+    def _batch(self, tasks: Sequence[Task], split: str) -> FewShotBatch:
+        if isinstance(self.tasks, SinusoidSampler):
+            return self.tasks.batch(tasks, self.device, split=split)  # type: ignore[arg-type]
+        return self.tasks.batch(tasks, self.device)  # type: ignore[arg-type]
 
-    def support(self, tasks: Sequence[Episode], adapted: TransferState, step: int) -> FewShotBatch:
+    def _state(self, batch: FewShotBatch, ways: int) -> TransferState:
+        """Every task of ``batch`` at the pretrained features; the pretrained output layer (regression,
+        ``ways = 0``) or a zero ``ways``-way head (classification)."""
+        n, dim = batch.num_tasks, self.net.feature_dim
+        features = {k: v.detach().expand(n, *v.shape) for k, v in self.net.features.named_parameters()}
+        if self.regression:
+            head = {k: v.detach().expand(n, *v.shape) for k, v in self.net.head.named_parameters()}
+        else:
+            head = {
+                "weight": torch.zeros(n, ways, dim, device=self.device),
+                "bias": torch.zeros(n, ways, device=self.device),
+            }
+        return TransferState(batch, ways, features, head)
+
+    def initial(self, tasks: Sequence[Task]) -> TransferState:
+        ways = 0 if self.regression else tasks[0].ways  # type: ignore[attr-defined]
+        return self._state(self._batch(tasks, "test"), ways)
+
+    def support(self, tasks: Sequence[Task], adapted: TransferState, step: int) -> FewShotBatch:
         return adapted.batch
 
     def adapt(self, adapted: TransferState, support: FewShotBatch, step: int) -> TransferState:
@@ -170,36 +289,53 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
         )
 
     @torch.no_grad()
-    def evaluate(self, tasks: Sequence[Episode], adapted: TransferState) -> torch.Tensor:
+    def evaluate(self, tasks: Sequence[Task], adapted: TransferState) -> torch.Tensor:
+        """Query accuracy (or MSE) of each task's fine-tuned network: ``[num_tasks]``."""
         self.net.eval()
         batch, chunk, out = adapted.batch, self.config.eval_chunk, []
         for i in range(0, batch.num_tasks, chunk):
             f = {k: v[i : i + chunk] for k, v in adapted.features.items()}
             h = {k: v[i : i + chunk] for k, v in adapted.head.items()}
-            scores = vmap(self.logits)(f, h, batch.query_x[i : i + chunk])
-            out.append((scores.argmax(-1) == batch.query_y[i : i + chunk]).float().mean(-1))
+            x_support, x, y = (t[i : i + chunk] for t in (batch.support_x, batch.query_x, batch.query_y))
+            out.append(vmap(self.metric)(f, h, x_support, x, y))
         return torch.cat(out)
 
     # -- outer loop: plain supervised pretraining ----------------------------------------------------
-    def meta_update(self, tasks: Sequence[Episode]) -> dict[str, float]:
+    def meta_update(self, tasks: Sequence[Task]) -> dict[str, float]:
         start = time.perf_counter()
         self.net.train()
-        batch = self.tasks.batch(tasks, self.device)
+        batch = self._batch(tasks, "train")
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
-        episode_labels = torch.cat([batch.support_y, batch.query_y], dim=1)  # [T, S + Q], 0..N-1
-        to_global = torch.as_tensor(
-            [[self.class_to_label[c] for c in e.classes] for e in tasks], device=self.device
-        )
-        y = torch.gather(to_global, 1, episode_labels).flatten()
+        if self.regression:
+            y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)  # [T·(K + Q), 1]
+        else:
+            episode_labels = torch.cat([batch.support_y, batch.query_y], dim=1)  # [T, S + Q], 0..N-1
+            to_global = torch.as_tensor(
+                [[self.class_to_label[c] for c in e.classes] for e in tasks],  # type: ignore[attr-defined]
+                device=self.device,
+            )
+            y = torch.gather(to_global, 1, episode_labels).flatten()
         scores = self.net(x)
-        loss = F.cross_entropy(scores, y)
+        loss = self.loss(scores, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.regression:
+            with torch.no_grad():  # the updated network on these tasks, before and after one adaptation step
+                state = self._state(batch, 0)
+                pre, post = self.evaluate(tasks, state), self.evaluate(tasks, self.adapt(state, batch, 0))
+            adapt_metrics = {
+                "meta_train/mse_pre_adapt": float(pre.mean()),
+                "meta_train/mse_post_adapt": float(post.mean()),
+            }
+        else:
+            adapt_metrics = {
+                "meta_train/accuracy_pre_adapt": 1.0 / tasks[0].ways,  # type: ignore[attr-defined]
+                "meta_train/accuracy_post_adapt": float((scores.argmax(-1) == y).float().mean()),
+            }
         return {
             "env_steps": float(len(tasks)),
-            "meta_train/accuracy_pre_adapt": 1.0 / tasks[0].ways,
-            "meta_train/accuracy_post_adapt": float((scores.argmax(-1) == y).float().mean()),
+            **adapt_metrics,
             "losses/loss": float(loss.detach()),
             "time/iteration_s": time.perf_counter() - start,
         }
@@ -212,10 +348,10 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, Transfer]:
-    """The registry's builder: episodes of ``config.data``, a learner of ``config.algo``."""
-    from metarl.data import build_image_sampler
+def build(config: Any, device: torch.device) -> tuple[EpisodeSampler | SinusoidSampler, Transfer]:
+    """The registry's builder: episodes or sinusoid tasks of ``config.data``, a learner of ``config.algo``."""
+    from metarl.data import build_sampler
 
-    tasks = build_image_sampler(config.data, "transfer")
+    tasks = build_sampler(config.data)
     with seeded(config.run.seed):
         return tasks, Transfer(config.algo, tasks, device, config.run.seed)
