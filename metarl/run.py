@@ -94,7 +94,8 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
         saved = json.loads(saved_path.read_text())
     except json.JSONDecodeError:
         raise RunDirError(f"cannot resume {str(run_dir)!r}: {CONFIG_FILE} is corrupted") from None
-    changed = diff(saved, config.to_dict())
+    # keys the saved config lacks were added to metarl after the run was written: they take their defaults
+    changed = [key for key in diff(saved, config.to_dict()) if _has_key(saved, key)]
     if changed == ["run.iterations"] and config.run.iterations >= saved["run"]["iterations"]:
         changed = []  # extending the budget of a run: every state it resumes from is unchanged
     if changed:
@@ -104,6 +105,15 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
         )
     if not (run_dir / "checkpoints" / "latest.pt").is_file():
         raise RunDirError(f"cannot resume {str(run_dir)!r}: it holds no checkpoints/latest.pt")
+
+
+def _has_key(config: dict[str, Any], dotted: str) -> bool:
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False) -> Path:

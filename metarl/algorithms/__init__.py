@@ -61,7 +61,7 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
     ),
     "transfer": AlgorithmSpec(
         transfer.TransferConfig,
-        "Transfer baselines: pretrain a classifier on all training classes, fine-tune on the support set",
+        "Transfer baselines: pretrain on all training classes / tasks, fine-tune on the support set",
         transfer.build,
         source="data",
     ),
