@@ -296,10 +296,12 @@ class Comparison:
     oracle: float
     num_tasks: int
     config: dict[str, Any]
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "title": self.title,
+            "notes": self.notes,
             "metric": self.metric,
             "budget_unit": self.budget_unit,
             "higher_is_better": self.higher_is_better,
@@ -309,6 +311,23 @@ class Comparison:
             "config": self.config,
             "methods": [c.to_dict() for c in self.curves],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        curves = [
+            MethodCurve(m["name"], m["paradigm"], m["budgets"], AdaptationCurve.from_dict(m), m["seconds"])
+            for m in data["methods"]
+        ]
+        fields = ("title", "metric", "budget_unit", "higher_is_better")
+        return cls(
+            *(data[k] for k in fields),
+            curves,
+            data["floor"],
+            data["oracle"],
+            data["num_tasks"],
+            data["config"],
+            list(data.get("notes", [])),
+        )
 
 
 def _load_meta(method: MetaMethod, device: str, data_root: str | None) -> Any:
@@ -347,6 +366,7 @@ def compare_rl(spec: CompareSpec, device: torch.device) -> Comparison:
     tasks = sampler.held_out(cfg.num_tasks, seed=cfg.eval_seed)
     budgets = list(cfg.budgets)
     curves: list[MethodCurve] = []
+    notes: list[str] = []
 
     def ppo(name: str, paradigm: Paradigm, init: Any, finetune: str) -> MethodCurve:
         config = dataclasses.replace(spec.ppo, finetune=finetune)
@@ -389,16 +409,28 @@ def compare_rl(spec: CompareSpec, device: torch.device) -> Comparison:
                 make_env, train_tasks, cfg.pretrain_steps, spec.ppo, seed=cfg.seed, progress=True
             )
         )
-        print(f"  PPO pretraining on {cfg.pretrain_tasks} training tasks: {seconds:.0f} s")
+        notes.append(
+            f"PPO pretraining of the transfer policy: {cfg.pretrain_steps} environment steps on "
+            f"{cfg.pretrain_tasks} training tasks, {seconds:.0f} s."
+        )
+        print(f"  {notes[-1]}")
         for mode in cfg.transfer_modes:
             curves.append(ppo(f"transfer, {mode} fine-tuning (PPO)", "transfer", pretrained, mode))
-            curves[-1].seconds += seconds / len(cfg.transfer_modes)
 
     floor = _untrained_return(curves, make_env, tasks, spec, horizon)
     oracle = _rl_oracle(spec, probe, make_env, tasks, horizon, curves)
     title = f"{env.id}: {cfg.num_tasks} held-out tasks, horizon {horizon}"
     return Comparison(
-        title, "return", "environment steps", True, curves, floor, oracle, cfg.num_tasks, spec.to_dict()
+        title,
+        "return",
+        "environment steps",
+        True,
+        curves,
+        floor,
+        oracle,
+        cfg.num_tasks,
+        spec.to_dict(),
+        notes,
     )
 
 
@@ -544,11 +576,11 @@ def compare_supervised(spec: CompareSpec, device: torch.device, data_root: str |
     if cfg.oracle == "none":
         oracle = math.nan
     source = "sinusoid regression" if regression else f"{data.dataset} {base.shapes['test'].ways}-way"
-    title = f"{source}: {cfg.num_tasks} held-out episodes"
+    title = f"{source}: {cfg.num_tasks} held-out {'tasks' if regression else 'episodes'}"
     return Comparison(
         title,
         metric,
-        "labelled examples per class (shots)",
+        "labelled examples (support points K)" if regression else "labelled examples per class (shots K)",
         not regression,
         curves,
         floor,
@@ -614,7 +646,7 @@ def paradigm_table(result: Comparison) -> str:
     d = _digits(result)
     lines = [
         f"| paradigm | method | {result.metric} with ≤ {smallest} | budget to 50% of oracle | "
-        "budget to 90% of oracle | course's claim | wall-clock |",
+        "budget to 90% of oracle | course's claim | adaptation wall-clock |",
         "|---|---|---:|---:|---:|---|---:|",
     ]
     for c in result.curves:
@@ -651,10 +683,13 @@ def markdown(result: Comparison) -> str:
             "",
             "## Paradigm table",
             "",
-            "Budget to reach x% = smallest measured budget at which (score − floor) / (oracle − floor) ≥ x.",
+            "Budget to reach x% = smallest measured budget at which (score − floor) / (oracle − floor) ≥ x. "
+            "Adaptation wall-clock = adapting to every held-out task at every budget and evaluating, on this "
+            "machine (meta-training and pretraining not included).",
             "",
             paradigm_table(result),
             "",
+            *[f"- {note}" for note in result.notes],
         ]
     )
 
@@ -689,7 +724,14 @@ def plot(result: Comparison, path: Path) -> None:
     plt.close(fig)
 
 
-def write(result: Comparison, out_dir: Path) -> dict[str, Path]:
+def rewrite(out_dir: Path) -> dict[str, Path]:
+    """Render the reports of a finished comparison again from its ``compare.json``."""
+    out_dir = Path(out_dir)
+    result = Comparison.from_dict(json.loads((out_dir / "compare.json").read_text()))
+    return write(result, out_dir, tensorboard=False)
+
+
+def write(result: Comparison, out_dir: Path, tensorboard: bool = True) -> dict[str, Path]:
     """``compare.json``, ``compare.md``, ``compare.png`` and TensorBoard scalars in ``out_dir/tb``."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -697,13 +739,14 @@ def write(result: Comparison, out_dir: Path) -> dict[str, Path]:
     paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     paths["md"].write_text(markdown(result))
     plot(result, paths["png"])
-    writer = SummaryWriter(log_dir=str(out_dir / "tb"))
-    for c in result.curves:
-        tag = "".join(ch if ch.isalnum() else "_" for ch in c.name).strip("_")
-        for b, m, h in zip(c.budgets, c.curve.mean, c.curve.ci95, strict=True):
-            writer.add_scalar(f"compare/{tag}", m, global_step=b)
-            if not math.isnan(h):
-                writer.add_scalar(f"compare_ci95/{tag}", h, global_step=b)
-    writer.close()
-    paths["tb"] = out_dir / "tb"
+    if tensorboard:
+        writer = SummaryWriter(log_dir=str(out_dir / "tb"))
+        for c in result.curves:
+            tag = "".join(ch if ch.isalnum() else "_" for ch in c.name).strip("_")
+            for b, m, h in zip(c.budgets, c.curve.mean, c.curve.ci95, strict=True):
+                writer.add_scalar(f"compare/{tag}", m, global_step=b)
+                if not math.isnan(h):
+                    writer.add_scalar(f"compare_ci95/{tag}", h, global_step=b)
+        writer.close()
+        paths["tb"] = out_dir / "tb"
     return paths

@@ -258,4 +258,8 @@ checkpoint = "latest"
         assert method["budgets"] == [2, 5] and all(len(row) == 6 for row in method["per_task"])
         assert all(math.isfinite(v) and v >= 0 for row in method["per_task"] for v in row)
     assert result["oracle"] == 0.0 and result["floor"] > 0.5  # E[y²] of the queries: amplitudes up to 5
-    assert "labelled examples per class" in (out / "compare.md").read_text()
+    report = (out / "compare.md").read_text()
+    assert "support points K" in report
+    (out / "compare.md").unlink()
+    compare.rewrite(out)  # the report renders again from compare.json alone
+    assert (out / "compare.md").read_text() == report
