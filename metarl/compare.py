@@ -696,6 +696,7 @@ def markdown(result: Comparison) -> str:
 
 def plot(result: Comparison, path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -710,11 +711,18 @@ def plot(result: Comparison, path: Path) -> None:
         ci = np.nan_to_num(np.array(c.curve.ci95))
         ax.plot(c.budgets, mean, styles[c.paradigm], marker="o", markersize=3, label=f"{c.name}")
         ax.fill_between(c.budgets, mean - ci, mean + ci, alpha=0.15)
-    if min(b for c in result.curves for b in c.budgets) == 0:
-        ax.set_xscale("symlog", linthresh=max(1, min(b for c in result.curves for b in c.budgets if b > 0)))
+    if not any(c.paradigm == "oracle" for c in result.curves) and not math.isnan(result.oracle):
+        ax.axhline(result.oracle, color="black", linestyle="-.", linewidth=1, label="oracle")
+    budgets = sorted({b for c in result.curves for b in c.budgets})
+    if budgets[0] == 0:
+        ax.set_xscale("symlog", linthresh=max(1, budgets[1] if len(budgets) > 1 else 1))
     else:
         ax.set_xscale("log")
-    ax.set_xlabel(f"adaptation budget ({result.budget_unit})")
+    ax.set_xticks(budgets)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis="x", labelsize=7)
+    ax.set_xlabel(f"adaptation budget: {result.budget_unit}")
     ax.set_ylabel(f"{result.metric} (mean ± 95% CI)")
     ax.set_title(result.title, fontsize=10)
     ax.grid(alpha=0.3)
