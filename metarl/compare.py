@@ -387,8 +387,16 @@ def compare_rl(spec: CompareSpec, device: torch.device) -> Comparison:
 
     for method in spec.meta:
         exp = _load_meta(method, str(device), None)
-        if exp.config.env is None or (exp.config.env.id, exp.config.env.kwargs) != (env.id, env.kwargs):
-            raise ConfigError(f"meta run {method.run!r} was trained on another family than [env] ({env.id})")
+        trained_on = exp.config.env
+        if trained_on is None or (trained_on.id, trained_on.kwargs, trained_on.max_episode_steps) != (
+            env.id,
+            env.kwargs,
+            env.max_episode_steps,
+        ):
+            raise ConfigError(
+                f"meta run {method.run!r} was trained on another family than [env] "
+                f"({env.id}, kwargs {env.kwargs}, max_episode_steps {env.max_episode_steps})"
+            )
         steps = method.steps or exp.config.run.eval_steps
         support_steps, evaluated = exp.learner.adaptation_cost()
         curve, seconds = _timed(lambda exp=exp, steps=steps: evaluate_adaptation(exp.learner, tasks, steps))

@@ -263,3 +263,29 @@ checkpoint = "latest"
     (out / "compare.md").unlink()
     compare.rewrite(out)  # the report renders again from compare.json alone
     assert (out / "compare.md").read_text() == report
+
+
+def test_a_meta_run_of_another_family_is_refused(tmp_path: Path) -> None:
+    config = write_rl_compare(tmp_path, "metarl/Navigation2D-v0", "analytic")
+    assert (
+        run_cli(
+            "compare",
+            str(config),
+            "--out",
+            str(tmp_path / "ok"),
+            "--set",
+            "compare.scratch=false",
+            "--set",
+            "compare.transfer_modes=[]",
+            "--set",
+            "compare.num_tasks=2",
+        ).returncode
+        == 0
+    )
+    text = config.read_text().replace(
+        'id = "metarl/Navigation2D-v0"', 'id = "metarl/Navigation2D-v0"\nkwargs = { goal_high = 0.3 }'
+    )
+    config.write_text(text)
+    one_clean_line(
+        run_cli("compare", str(config), "--out", str(tmp_path / "bad")), "trained on another family"
+    )
