@@ -33,6 +33,13 @@ def main() -> None:
     parser.add_argument("--stem", default="maml_vs_baselines")
     parser.add_argument("--num-tasks", type=int, default=40)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument(
+        "--eval-seed",
+        type=int,
+        default=None,
+        help="held-out task set (default: the MAML run's run.eval_seed; another seed gives tasks that played "
+        "no part in choosing best.pt)",
+    )
     parser.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     args = parser.parse_args()
@@ -40,13 +47,14 @@ def main() -> None:
     maml = load_run(args.maml, args.checkpoint, args.device)
     pretrained = load_run(args.pretrained, args.checkpoint, args.device)
     random_init = Experiment.build(maml.config, resolve_device(args.device))
-    tasks = maml.tasks.held_out(args.num_tasks, seed=maml.config.run.eval_seed)
+    seed = maml.config.run.eval_seed if args.eval_seed is None else args.eval_seed
+    tasks = maml.tasks.held_out(args.num_tasks, seed=seed)
     curves: dict[str, AdaptationCurve] = {
         "MAML": evaluate_adaptation(maml.learner, tasks, args.steps),
         "pretrained": evaluate_adaptation(pretrained.learner, tasks, args.steps),
         "random init": evaluate_adaptation(random_init.learner, tasks, args.steps),
     }
-    title = f"{maml.config.env.id}: {args.num_tasks} held-out tasks"
+    title = f"{maml.config.env.id}: {args.num_tasks} held-out tasks (seed {seed})"
     paths = write_report(curves, args.out, args.stem, title)
     print(markdown_table(curves))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
