@@ -726,7 +726,11 @@ def plot(result: Comparison, path: Path) -> None:
         ax.set_xscale("symlog", linthresh=max(1, budgets[1] if len(budgets) > 1 else 1))
     else:
         ax.set_xscale("log")
-    ax.set_xticks(budgets)
+    ticks: list[int] = []
+    for b in budgets:  # label budgets at least ~0.2 decades apart so they stay readable
+        if not ticks or ticks[-1] == 0 or math.log10(b) - math.log10(ticks[-1]) >= 0.2:
+            ticks.append(b)
+    ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.tick_params(axis="x", labelsize=7)
