@@ -235,5 +235,8 @@ def test_rl2_trains_through_the_cli_and_resumes(tmp_path: Path, monkeypatch: pyt
     saved = checkpoint.load(full / "checkpoints" / "latest.pt")
     for name, value in warm.net.state_dict().items():
         torch.testing.assert_close(value, saved["learner"]["net"][name])
+    # the value head predicts normalised values: its normaliser comes with it
+    assert saved["learner"]["value_stats"][2] > 0
+    torch.testing.assert_close(warm.value_stats, saved["learner"]["value_stats"])
     with pytest.raises(Exception, match="init_from"):
         build(bandit_env(5, 12), episodes_per_trial=1, hidden_size=16, init_from=str(full))

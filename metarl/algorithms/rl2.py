@@ -285,9 +285,15 @@ class RL2(MetaLearner[Segment, RL2State]):
             self.net = RL2Network(
                 self.input_dim, config.hidden_size, self.action_dim, self.discrete, config.init_log_std
             ).to(device)
+        #: running ``(E[R], E[R²], weight)`` of the λ-returns (debiased EMA) for ``normalize_values``
+        self.value_stats = torch.zeros(3, dtype=torch.float64)
         if config.init_from:
+            source = _learner_state_of(config.init_from)
+            # the value head predicts normalised values: its normaliser must come with it, or the first
+            # updates regress on targets of another scale and the advantages are noise
+            self.value_stats = source.get("value_stats", self.value_stats).clone()
             try:
-                self.net.load_state_dict(_network_of(config.init_from))
+                self.net.load_state_dict(source["net"])
             except RuntimeError as exc:
                 reason = str(exc).strip().splitlines()[0]
                 raise ConfigError(
@@ -297,8 +303,6 @@ class RL2(MetaLearner[Segment, RL2State]):
         self.generator = torch.Generator(device=device)  # training actions, minibatch order, env seeds
         self.generator.manual_seed(seed)
         self.eval_generator = torch.Generator(device=device)  # reseeded by every `initial`
-        #: running ``(E[R], E[R²], weight)`` of the λ-returns (debiased EMA) for ``normalize_values``
-        self.value_stats = torch.zeros(3, dtype=torch.float64)
 
     # -- rollouts ------------------------------------------------------------------------------------
     def _zero_state(self, rows: int) -> RL2State:
@@ -495,16 +499,17 @@ class RL2(MetaLearner[Segment, RL2State]):
         self.value_stats = state.get("value_stats", torch.zeros(3, dtype=torch.float64)).clone()
 
 
-def _network_of(path: str) -> dict[str, torch.Tensor]:
-    """The RL² network weights stored in a checkpoint file or a run directory's ``checkpoints/latest.pt``."""
+def _learner_state_of(path: str) -> dict[str, Any]:
+    """The RL² learner state (network weights, value normaliser) in a checkpoint file or a run directory's
+    ``checkpoints/latest.pt``."""
     file = Path(path)
     if file.is_dir():
         file = file / "checkpoints" / "latest.pt"
     state = checkpoint.load(file)  # raises CheckpointError with the path when missing or corrupted
-    net = state.get("learner", {}).get("net")
-    if net is None:
+    learner = state.get("learner", {})
+    if "net" not in learner:
         raise ConfigError(f"algo.init_from {path!r}: {str(file)!r} is not a checkpoint of an RL² run")
-    return net
+    return learner
 
 
 def build(config: Any, device: torch.device) -> tuple[FamilyTaskSampler, RL2]:
