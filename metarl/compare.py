@@ -398,7 +398,10 @@ def compare_rl(spec: CompareSpec, device: torch.device) -> Comparison:
                 f"({env.id}, kwargs {env.kwargs}, max_episode_steps {env.max_episode_steps})"
             )
         steps = method.steps or exp.config.run.eval_steps
-        support_steps, evaluated = exp.learner.adaptation_cost()
+        try:
+            support_steps, evaluated = exp.learner.adaptation_cost()
+        except NotImplementedError as err:
+            raise ConfigError(f"meta run {method.run!r} cannot be placed on the env-step axis: {err}") from None
         curve, seconds = _timed(lambda exp=exp, steps=steps: evaluate_adaptation(exp.learner, tasks, steps))
         scale = horizon / evaluated
         scaled = summarise(torch.tensor(curve.per_task) * scale, "return")
