@@ -401,7 +401,9 @@ def compare_rl(spec: CompareSpec, device: torch.device) -> Comparison:
         try:
             support_steps, evaluated = exp.learner.adaptation_cost()
         except NotImplementedError as err:
-            raise ConfigError(f"meta run {method.run!r} cannot be placed on the env-step axis: {err}") from None
+            raise ConfigError(
+                f"meta run {method.run!r} cannot be placed on the env-step axis: {err}"
+            ) from None
         curve, seconds = _timed(lambda exp=exp, steps=steps: evaluate_adaptation(exp.learner, tasks, steps))
         scale = horizon / evaluated
         scaled = summarise(torch.tensor(curve.per_task) * scale, "return")

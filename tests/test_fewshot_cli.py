@@ -32,6 +32,13 @@ CASES = {
         'name = "protonets"\nhidden_channels = 8',
         "accuracy",
     ),
+    "snail": (
+        1,
+        'dataset = "image_folder"\nways = 3\nshots = 1\nqueries = 2\ntrain_ways = 5',
+        'name = "snail"\nmeta_batch_size = 2\nhidden_channels = 8\ntc_filters = 8\n'
+        "key_sizes = [8, 8, 8]\nvalue_sizes = [8, 8, 8]",
+        "accuracy",
+    ),
     "maml_supervised": (
         2,
         'dataset = "sinusoid"\nshots = 5\ntrain_shots = 10\nqueries = 10',
@@ -87,5 +94,6 @@ def test_every_fewshot_preset_resolves() -> None:
             "protonets",
             "maml_supervised",
             "matching_nets",
+            "snail",
             "transfer",
         }

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from metarl.algorithms import maml_rl, maml_supervised, matching_nets, protonets, rl2, transfer
+from metarl.algorithms import maml_rl, maml_supervised, matching_nets, protonets, rl2, snail, transfer
 from metarl.core import MetaLearner, TaskSampler
 
 #: ``(experiment config, device) -> (task sampler, learner)``; the config's ``algo`` is the spec's type.
@@ -57,6 +57,13 @@ ALGORITHMS: dict[str, AlgorithmSpec] = {
         matching_nets.MatchingNetsConfig,
         "Matching Networks: cosine attention over the support set, optional FCE (Vinyals et al. 2016)",
         matching_nets.build,
+        source="data",
+    ),
+    "snail": AlgorithmSpec(
+        snail.SNAILConfig,
+        "SNAIL: a causal attention + temporal-convolution sequence model reads the support set "
+        "(Mishra et al. 2018)",
+        snail.build,
         source="data",
     ),
     "transfer": AlgorithmSpec(
