@@ -273,7 +273,16 @@ def test_resume_extends_a_finished_run_but_never_shortens_it(tiny_config, tmp_pa
     saved = json.loads((run_dir / "config.json").read_text())
     del saved["algo"]["baseline_reg"]  # a run written before this key existed: it takes its default
     (run_dir / "config.json").write_text(json.dumps(saved))
-    proc = run_cli("train", "--run-dir", str(run_dir), "--resume", "--set", "run.iterations=4")
+    proc = run_cli(
+        "train",
+        "--run-dir",
+        str(run_dir),
+        "--resume",
+        "--set",
+        "run.iterations=4",
+        "--set",
+        "run.eval_every=2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert [r["iteration"] for r in learning_metrics(run_dir / "metrics.jsonl")] == [1, 2, 3, 4]
     assert json.loads((run_dir / "config.json").read_text())["run"]["iterations"] == 4
