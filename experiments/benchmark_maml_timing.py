@@ -30,6 +30,18 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--first-order", action="store_true")
+    parser.add_argument(
+        "--kl-constraint",
+        choices=["adapted", "pre_update"],
+        default="adapted",
+        help="TRPO: bound the KL of the adapted policies or of the pre-update policy",
+    )
+    parser.add_argument(
+        "--fvp-subsample",
+        type=float,
+        default=1.0,
+        help="TRPO: fraction of episodes in Fisher-vector products",
+    )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the learner)")
     args = parser.parse_args()
@@ -44,6 +56,8 @@ def main() -> None:
                 "meta_batch_size": args.meta_batch,
                 "rollouts_per_task": args.rollouts,
                 "first_order": args.first_order,
+                "kl_constraint": args.kl_constraint,
+                "fvp_subsample": args.fvp_subsample,
             },
         }
     )
@@ -53,7 +67,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     print(
         f"{args.env}: {args.meta_batch} tasks × {args.rollouts} rollouts × {args.horizon} steps, "
-        f"outer={args.outer}, first_order={args.first_order}, device={device}, "
+        f"outer={args.outer}, first_order={args.first_order}, kl_constraint={args.kl_constraint}, "
+        f"fvp_subsample={args.fvp_subsample}, device={device}, "
         f"torch threads={args.threads}, cores={len(os.sched_getaffinity(0))}"
     )
     columns = ("iter", "env steps", "sampling s", "inner s", "outer s", "total s", "total/sampling")

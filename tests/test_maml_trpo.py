@@ -114,6 +114,52 @@ def test_trpo_step_satisfies_the_trust_region_and_improves_the_surrogate() -> No
     assert any(not torch.equal(before[k], v) for k, v in learner.meta_parameters().items())
 
 
+def test_pre_update_trust_region_bounds_the_meta_policy_kl() -> None:
+    # cbfinn/maml_rl's kl_constrain_step = 0: the KL of θ's own policy on the support episodes
+    learner, family = make_learner(kl_constraint="pre_update", fvp_subsample=0.5)
+    support, query, old = tiny_meta_batch(learner, family)
+    kl_of = learner._constraint_kl([support], query, old, 1.0)  # built at θ_old
+    metrics = learner._trpo_step([support], query, old)
+    assert metrics["losses/step_fraction"] > 0
+    with torch.no_grad():
+        kl = kl_of(learner.meta_parameters(), False).item()
+        log_probs, adapted_kl = learner._query_terms(learner.meta_parameters(), [support], query, old, False)
+        improved = learner._ratio_loss(log_probs, old, query) < learner._ratio_loss(old.log_probs, old, query)
+    assert 0 < kl <= learner.config.max_kl
+    assert metrics["losses/kl"] == pytest.approx(kl, rel=1e-4)
+    assert adapted_kl.item() != pytest.approx(kl, rel=1e-3)  # a different constraint from "adapted"
+    assert improved
+
+
+def test_subsampled_fisher_products_keep_the_full_data_trust_region() -> None:
+    learner, family = make_learner(fvp_subsample=0.25)
+    support, query, old = tiny_meta_batch(learner, family)
+    metrics = learner._trpo_step([support], query, old)
+    with torch.no_grad():  # the line search checked the KL on every episode, not only on the subsample
+        _, kl = learner._query_terms(learner.meta_parameters(), [support], query, old, False)
+    assert metrics["losses/step_fraction"] > 0
+    assert 0 < kl.item() <= learner.config.max_kl
+    assert metrics["losses/kl"] == pytest.approx(kl.item(), rel=1e-4)
+    # the Fisher of one episode in four: another curvature estimate, still positive definite
+    meta = learner.meta_parameters()
+    v = torch.randn(sum(p.numel() for p in meta.values()), generator=torch.Generator().manual_seed(0))
+
+    def fvp(fraction: float) -> torch.Tensor:
+        kl = learner._constraint_kl([support], query, old, fraction)(meta, True)
+        g = torch.cat(
+            [x.reshape(-1) for x in torch.autograd.grad(kl, list(meta.values()), create_graph=True)]
+        )
+        return torch.cat([x.reshape(-1) for x in torch.autograd.grad(g @ v, list(meta.values()))])
+
+    full, quarter = fvp(1.0), fvp(0.25)
+    assert v @ full > 0 and v @ quarter > 0
+    assert not torch.allclose(full, quarter, rtol=1e-3)
+    with pytest.raises(ValueError, match="fvp_subsample"):
+        MAMLRLConfig(fvp_subsample=0.0)
+    with pytest.raises(ValueError, match="learn_inner_lr"):
+        MAMLRLConfig(kl_constraint="pre_update", learn_inner_lr=True)
+
+
 def test_trpo_rejects_a_step_that_breaks_the_trust_region(monkeypatch: pytest.MonkeyPatch) -> None:
     learner, family = make_learner(line_search_steps=3)
     support, query, old = tiny_meta_batch(learner, family)

@@ -54,6 +54,7 @@ Logged metrics (TensorBoard tags, x-axis = environment steps):
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
@@ -93,7 +94,17 @@ class MAMLRLConfig:
         first_order: drop the second-order term (FOMAML): ``θ' = θ − α·stop_grad(∇L(θ))``.
         outer: the outer optimiser: ``"trpo"`` (MAML §5.3), ``"ppo"`` (ProMP / garage MAML-PPO) or
             ``"vpg"`` (Adam on the REINFORCE meta-objective).
-        max_kl: TRPO trust-region radius δ on the mean KL of the adapted policies (0.01; MAML §5.3).
+        max_kl: TRPO trust-region radius δ on the mean KL (0.01; MAML §5.3).
+        kl_constraint: which policies the trust region bounds: ``"adapted"`` (the post-update policies on the
+            query episodes, differentiated through the inner loop: cbfinn/maml_rl's default
+            ``kl_constrain_step = -1`` and pytorch-maml-rl) or ``"pre_update"`` (the meta-policy θ itself on
+            the first support episodes: ``kl_constrain_step = 0`` of cbfinn/maml_rl). The pre-update KL
+            does not go through the inner loop, so its Fisher-vector products are plain first-order TRPO
+            products and cost a fraction of the adapted ones.
+        fvp_subsample: fraction of each task's episodes (the first ``⌈E·f⌉``) on which the Fisher-vector
+            products of conjugate gradient are computed (rllab ``ConjugateGradientOptimizer``
+            ``subsample_factor``, OpenAI baselines' TRPO uses every 5th sample). The gradient, the step
+            length and the line search always use all episodes.
         cg_iters: conjugate-gradient iterations (10; rllab's ``ConjugateGradientOptimizer``).
         cg_damping: Tikhonov damping added to the Fisher-vector product (1e-5; rllab ``reg_coeff``).
         line_search_steps: backtracking candidates (15; rllab ``backtrack_ratio`` search).
@@ -120,6 +131,8 @@ class MAMLRLConfig:
     first_order: bool = False
     outer: Literal["trpo", "ppo", "vpg"] = "trpo"
     max_kl: float = 0.01
+    kl_constraint: Literal["adapted", "pre_update"] = "adapted"
+    fvp_subsample: float = 1.0
     cg_iters: int = 10
     cg_damping: float = 1e-5
     line_search_steps: int = 15
@@ -150,6 +163,13 @@ class MAMLRLConfig:
         checks.positive(self, *positive)
         if self.num_inner_steps < 0:
             raise ValueError(f"num_inner_steps must be >= 0, got {self.num_inner_steps}")
+        if not 0 < self.fvp_subsample <= 1:
+            raise ValueError(f"fvp_subsample must be in (0, 1], got {self.fvp_subsample}")
+        if self.kl_constraint == "pre_update" and self.learn_inner_lr:
+            raise ValueError(
+                "kl_constraint = 'pre_update' bounds θ's policy only and leaves the learned inner step sizes "
+                "(learn_inner_lr) unconstrained: use kl_constraint = 'adapted' with Meta-SGD"
+            )
         if self.inner_lrs and len(self.inner_lrs) != self.num_inner_steps:
             raise ValueError(
                 f"inner_lrs must give one step size per inner step ({self.num_inner_steps}), "
@@ -328,7 +348,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
 
     def _adapt(self, meta: Params, supports: Sequence[Batch], num_tasks: int, create_graph: bool) -> Params:
         """Re-run the training inner loop from the meta-parameters ``meta`` on stored support data."""
-        params = {k: meta[k].expand(num_tasks, *meta[k].shape) for k in self.policy.params()}
+        params = self._shared(meta, num_tasks)
         for step, batch in enumerate(supports):
             params = self._inner_step(params, batch, self._lr(meta, step, True), create_graph)
         return params
@@ -425,19 +445,57 @@ class MAMLRL(MetaLearner[Batch, Params]):
             losses.likelihood_ratio_loss, log_probs, old.log_probs, query.advantages, query.episodes.mask
         ).mean()
 
+    def _constraint_kl(
+        self, supports: Sequence[Batch], query: Batch, old: OldPolicy, fraction: float
+    ) -> Callable[[Params, bool], torch.Tensor]:
+        """``(m, create_graph) ↦`` the mean KL that ``config.kl_constraint`` bounds, on the first ``fraction``
+        of each task's episodes: KL(π_old ‖ π_{θ'(m)}) of the adapted policies on the query episodes, or
+        KL(π_θold ‖ π_m) of the pre-update policy on the first support episodes (no inner loop)."""
+        pre_update = self.config.kl_constraint == "pre_update"
+        episodes = (supports[0] if supports else query).episodes if pre_update else query.episodes
+        keep = max(1, math.ceil(episodes.obs.shape[2] * fraction))
+        obs, mask = episodes.obs[:, :, :keep], episodes.mask[:, :, :keep]
+        tasks = obs.shape[1]
+        if pre_update:
+            with torch.no_grad():
+                meta = self.meta_parameters()
+                old_mean, old_log_std = self._distribution(self._shared(meta, tasks), obs)
+        else:
+            old_mean, old_log_std = old.mean[:, :, :keep], old.log_std[:, :, :keep]
+
+        def kl(m: Params, create_graph: bool) -> torch.Tensor:
+            params = self._shared(m, tasks) if pre_update else self._adapt(m, supports, tasks, create_graph)
+            mean, log_std = self._distribution(params, obs)
+            return _per_task(losses.gaussian_kl, old_mean, old_log_std, mean, log_std, mask).mean()
+
+        return kl
+
+    def _shared(self, meta: Params, tasks: int) -> Params:
+        """The policy parameters of ``meta`` repeated for ``tasks`` tasks (a leading dim, no copy)."""
+        return {k: meta[k].expand(tasks, *meta[k].shape) for k in self.policy.params()}
+
     def _trpo_step(self, supports: Sequence[Batch], query: Batch, old: OldPolicy) -> dict[str, float]:
-        """One TRPO step on the meta-objective (Schulman et al. 2015, arXiv:1502.05477; MAML §5.3)."""
+        """One TRPO step on the meta-objective (Schulman et al. 2015, arXiv:1502.05477; MAML §5.3).
+
+        The trust region bounds the KL of ``config.kl_constraint``; conjugate gradient's Fisher-vector
+        products use the first ``config.fvp_subsample`` of each task's episodes (the gradient, the step
+        length and the line search use all of them).
+        """
         cfg = self.config
         meta = self.meta_parameters()
         leaves = list(meta.values())
+        adapted_kl = cfg.kl_constraint == "adapted"
+        full_kl = None if adapted_kl else self._constraint_kl(supports, query, old, 1.0)
 
         def surrogate_and_kl(m: Params, create_graph: bool) -> tuple[torch.Tensor, torch.Tensor]:
             log_probs, kl = self._query_terms(m, supports, query, old, create_graph)
-            return self._ratio_loss(log_probs, old, query), kl
+            return self._ratio_loss(log_probs, old, query), kl if full_kl is None else full_kl(m, False)
 
         loss, kl = surrogate_and_kl(meta, not cfg.first_order)
         loss_before = float(loss.detach())
         loss_grad = _flat(torch.autograd.grad(loss, leaves, retain_graph=True))
+        if not (adapted_kl and cfg.fvp_subsample == 1):  # else: the KL above, graph and all
+            kl = self._constraint_kl(supports, query, old, cfg.fvp_subsample)(meta, not cfg.first_order)
         kl_grad = _flat(torch.autograd.grad(kl, leaves, create_graph=True))
 
         def fisher_vector(v: torch.Tensor) -> torch.Tensor:  # (∇²KL + damping·I) v by double backward
