@@ -71,15 +71,28 @@ def main() -> None:
         f"fvp_subsample={args.fvp_subsample}, device={device}, "
         f"torch threads={args.threads}, cores={len(os.sched_getaffinity(0))}"
     )
-    columns = ("iter", "env steps", "sampling s", "inner s", "outer s", "total s", "total/sampling")
-    widths = (4, 10, 11, 8, 8, 8, 15)
+    columns = (
+        "iter",
+        "env steps",
+        "sampling s",
+        "inner s",
+        "outer s",
+        "(grad",
+        "CG",
+        "search)",
+        "total s",
+        "total/sampling",
+    )
+    widths = (4, 10, 11, 8, 8, 6, 6, 8, 8, 15)
     print(" ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
+    nan = float("nan")  # the outer split is TRPO's
     for i in range(args.iterations):
         m = learner.meta_update(tasks.sample(args.meta_batch, split="train", rng=rng))
         print(
             f"{i:>4} {int(m['env_steps']):>10} {m['time/sampling_s']:>11.2f} {m['time/inner_s']:>8.2f} "
-            f"{m['time/outer_s']:>8.2f} {m['time/iteration_s']:>8.2f} "
-            f"{m['time/iteration_s'] / m['time/sampling_s']:>15.2f}"
+            f"{m['time/outer_s']:>8.2f} {m.get('time/outer_gradient_s', nan):>6.2f} "
+            f"{m.get('time/outer_cg_s', nan):>6.2f} {m.get('time/outer_line_search_s', nan):>8.2f} "
+            f"{m['time/iteration_s']:>8.2f} {m['time/iteration_s'] / m['time/sampling_s']:>15.2f}"
         )
 
 

@@ -491,9 +491,11 @@ class MAMLRL(MetaLearner[Batch, Params]):
             log_probs, kl = self._query_terms(m, supports, query, old, create_graph)
             return self._ratio_loss(log_probs, old, query), kl if full_kl is None else full_kl(m, False)
 
+        start = time.perf_counter()
         loss, kl = surrogate_and_kl(meta, not cfg.first_order)
         loss_before = float(loss.detach())
         loss_grad = _flat(torch.autograd.grad(loss, leaves, retain_graph=True))
+        gradient_s = time.perf_counter() - start
         if not (adapted_kl and cfg.fvp_subsample == 1):  # else: the KL above, graph and all
             kl = self._constraint_kl(supports, query, old, cfg.fvp_subsample)(meta, not cfg.first_order)
         kl_grad = _flat(torch.autograd.grad(kl, leaves, create_graph=True))
@@ -504,6 +506,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
         direction = optim.conjugate_gradient(fisher_vector, -loss_grad, cfg.cg_iters)
         step = optim.trust_region_step(direction, fisher_vector(direction), cfg.max_kl)
         theta_old = _flat(leaves).detach()
+        search_start = time.perf_counter()
 
         def evaluate(fraction: float) -> tuple[float, float]:
             with torch.no_grad():
@@ -523,6 +526,9 @@ class MAMLRL(MetaLearner[Batch, Params]):
             "losses/kl": result.constraint,
             "losses/step_fraction": result.fraction,
             "losses/line_search_evals": float(result.evaluations),
+            "time/outer_gradient_s": gradient_s,
+            "time/outer_cg_s": search_start - start - gradient_s,
+            "time/outer_line_search_s": time.perf_counter() - search_start,
         }
 
     def _ppo_step(self, supports: Sequence[Batch], query: Batch, old: OldPolicy) -> dict[str, float]:
