@@ -577,7 +577,10 @@ def compare_supervised(spec: CompareSpec, device: torch.device, data_root: str |
             measure(f"transfer, {mode} fine-tuning", "transfer", exp.learner, steps)
         if cfg.scratch:
             fresh = Experiment.build(dataclasses.replace(exp.config, data=data), device)
-            fresh.learner.config = dataclasses.replace(fresh.learner.config, mode="finetune")
+            # a fresh network has no pretrained layers to protect: one step size for all of them
+            fresh.learner.config = dataclasses.replace(
+                fresh.learner.config, mode="finetune", features_lr_ratio=1.0
+            )
             measure("from scratch (fresh network)", "scratch", fresh.learner, steps)
 
     if regression:

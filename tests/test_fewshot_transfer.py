@@ -153,3 +153,22 @@ def test_the_sinusoid_preset_builds_a_regression_learner() -> None:
     assert np.isfinite(metrics["losses/loss"])
     with pytest.raises(ValueError, match="hidden_sizes"):
         TransferConfig(hidden_sizes=())
+
+
+def test_features_lr_ratio_scales_only_the_pretrained_layers_step(pretrained) -> None:
+    tasks, learner, _ = pretrained
+    episodes = tasks.held_out(4, seed=3)
+    start = learner.initial(episodes)
+    moved = {}
+    for ratio in (1.0, 0.25):
+        learner.config = dataclasses.replace(learner.config, mode="finetune", features_lr_ratio=ratio)
+        moved[ratio] = learner.adapt(start, start.batch, 0)  # one SGD step (steps_per_adapt = 1)
+    learner.config = dataclasses.replace(learner.config, features_lr_ratio=1.0)
+    for name, theta in start.features.items():
+        step_full, step_scaled = moved[1.0].features[name] - theta, moved[0.25].features[name] - theta
+        assert step_full.abs().max() > 0
+        torch.testing.assert_close(step_scaled, 0.25 * step_full, rtol=1e-4, atol=1e-7)
+    for name in start.head:  # the head takes finetune_lr whatever the ratio
+        torch.testing.assert_close(moved[0.25].head[name], moved[1.0].head[name])
+    with pytest.raises(ValueError, match="features_lr_ratio"):
+        TransferConfig(features_lr_ratio=0.0)
