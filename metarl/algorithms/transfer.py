@@ -78,10 +78,11 @@ class TransferConfig:
         mode: ``"linear"`` (a), ``"finetune"`` (b) or ``"regularized"`` (c).
         finetune_lr: SGD step size of test-time fine-tuning (of the new head, and of everything by default).
         features_lr_ratio: step size of the pretrained feature layers as a fraction of ``finetune_lr`` in
-            modes (b) and (c) (1: one step size for all). Fine-tuning pretrained layers with a smaller step than a
-            fresh head is the usual discriminative fine-tuning (Howard & Ruder 2018, arXiv:1801.06146 §3.2):
-            on Omniglot conv4, 10 SGD steps at 0.1 on every layer wreck the pretrained features (the running
-            BatchNorm statistics no longer match them), while the fresh head needs 0.1 to move.
+            modes (b) and (c) (1: one step size for all). Fine-tuning pretrained layers with a smaller
+            step than a fresh head is the usual discriminative fine-tuning (Howard & Ruder 2018,
+            arXiv:1801.06146 §3.2): on Omniglot conv4, 10 SGD steps at 0.1 on every layer wreck the
+            pretrained features (the running BatchNorm statistics no longer match them), while the fresh
+            head needs 0.1 to move.
         steps_per_adapt: SGD steps per adaptation step of the interface.
         reg_lambda: λ of the regularized loss (``"regularized"`` only).
         replay_examples: training-class images in the fixed ``L_pretrain`` batch (for sinusoids: points,
