@@ -289,3 +289,17 @@ def test_a_meta_run_of_another_family_is_refused(tmp_path: Path) -> None:
     one_clean_line(
         run_cli("compare", str(config), "--out", str(tmp_path / "bad")), "trained on another family"
     )
+
+
+def test_a_meta_learner_without_an_env_step_cost_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metarl.algorithms.maml_rl import MAMLRL
+    from metarl.core import MetaLearner
+    from metarl.errors import ConfigError
+
+    config = write_rl_compare(tmp_path, "metarl/Navigation2D-v0", "analytic")
+    spec = compare.load(config, ["compare.transfer_modes=[]", "compare.num_tasks=2", "compare.scratch=false"])
+    monkeypatch.setattr(MAMLRL, "adaptation_cost", MetaLearner.adaptation_cost)
+    with pytest.raises(ConfigError, match="cannot be placed on the env-step axis"):
+        compare.run_compare(spec, tmp_path / "out")
