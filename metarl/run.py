@@ -96,8 +96,8 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
         raise RunDirError(f"cannot resume {str(run_dir)!r}: {CONFIG_FILE} is corrupted") from None
     # keys the saved config lacks were added to metarl after the run was written: they take their defaults
     changed = [key for key in diff(saved, config.to_dict()) if _has_key(saved, key)]
-    # extending the budget, or changing how often it evaluates / checkpoints and where it runs, leaves every
-    # state the run resumes from unchanged
+    # extending the budget, or changing how often it evaluates / checkpoints, leaves every state the run
+    # resumes from unchanged
     changed = [key for key in changed if key not in RESUMABLE_CHANGES]
     if config.run.iterations < saved["run"]["iterations"]:
         changed.append("run.iterations")  # a budget is only ever extended
@@ -110,10 +110,9 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
         raise RunDirError(f"cannot resume {str(run_dir)!r}: it holds no checkpoints/latest.pt")
 
 
-#: config keys a resumed run may change: its budget (only upwards), evaluation and checkpoint cadence, device
-RESUMABLE_CHANGES = frozenset(
-    {"run.iterations", "run.eval_every", "run.checkpoint_every", "run.device", "run.num_threads"}
-)
+#: config keys a resumed run may change: its budget (only upwards), evaluation and checkpoint cadence, threads
+#: (not the device: learners keep device-bound random generators whose saved state only fits the old one)
+RESUMABLE_CHANGES = frozenset({"run.iterations", "run.eval_every", "run.checkpoint_every", "run.num_threads"})
 
 
 def _has_key(config: dict[str, Any], dotted: str) -> bool:
