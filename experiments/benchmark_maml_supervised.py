@@ -6,10 +6,12 @@ meta-gradient (``tests/test_fewshot_maml.py``; this script prints the largest di
 is the inner adaptation of every task, the query loss and its backward pass through the inner loop.
 
 Problems (MAML §5.1/§5.2): sinusoid, 2×40 MLP, meta-batch 25, K = 10 (10 query points); Omniglot conv4,
-meta-batch 32, 5-way 1-shot, 15 queries per class, 1 inner step — real Omniglot images when ``--data-root``
-points at it (the timings do not depend on pixel values; random images otherwise). Each configuration runs
-in a fresh subprocess, so its peak memory (CPU: the growth of the process's peak RSS over its state after
-set-up, warm-up step included; CUDA: ``torch.cuda.max_memory_allocated``) is its own.
+meta-batch 32, 5-way 1-shot, 1 inner step, with 1 query per class (the training episodes of the reference
+code, cbfinn/maml ``main.py``: ``update_batch_size * 2`` examples per class) and with 15 (the usual
+evaluation episodes; ``--queries`` picks them) — real Omniglot images when ``--data-root`` points at it (the
+timings do not depend on pixel values; random images otherwise). Each configuration runs in a fresh
+subprocess, so its peak memory (CPU: the growth of the process's peak RSS over its state after set-up,
+warm-up step included; CUDA: ``torch.cuda.max_memory_allocated``) is its own.
 
     OMP_NUM_THREADS=1 python experiments/benchmark_maml_supervised.py \
         --threads 1 --data-root ../shared/data/omniglot
@@ -31,7 +33,7 @@ import torch
 PROBLEMS = ("sinusoid", "omniglot")
 
 
-def make(problem: str, first_order: bool, device: torch.device, data_root: str):
+def make(problem: str, first_order: bool, device: torch.device, data_root: str, queries: int = 15):
     """A learner and one meta-batch of ``problem``."""
     from metarl.algorithms.maml_supervised import MAMLSupervised, MAMLSupervisedConfig
     from metarl.data import ClassDataset, EpisodeSampler, EpisodeShape, SinusoidSampler, load_omniglot
@@ -52,7 +54,8 @@ def make(problem: str, first_order: bool, device: torch.device, data_root: str):
             images, [np.arange(20 * c, 20 * c + 20) for c in range(100)], [str(c) for c in range(100)]
         )
         train, test = np.arange(80), np.arange(80, 100)
-    tasks = EpisodeSampler(dataset, train, test, EpisodeShape(5, 1, 15), EpisodeShape(5, 1, 15))
+    shape = EpisodeShape(5, 1, queries)
+    tasks = EpisodeSampler(dataset, train, test, shape, shape)
     config = MAMLSupervisedConfig(meta_batch_size=32, inner_lr=0.4, first_order=first_order)
     learner = MAMLSupervised(config, tasks, device, ways=5)
     return learner, tasks.batch(tasks.sample(32, split="train", rng=rng), device)
@@ -62,10 +65,12 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
-def measure(problem: str, mode: str, first_order: bool, reps: int, device: str, data_root: str) -> dict:
+def measure(
+    problem: str, mode: str, first_order: bool, reps: int, device: str, data_root: str, queries: int
+) -> dict:
     """Time ``reps`` meta-steps (after one warm-up) of one configuration; run in a subprocess."""
     dev = torch.device(device)
-    learner, batch = make(problem, first_order, dev, data_root)
+    learner, batch = make(problem, first_order, dev, data_root, queries)
     meta = list(learner.params.values())
     vectorized = mode == "vmap"
 
@@ -104,23 +109,28 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--data-root", default="")
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
+    parser.add_argument(
+        "--queries", type=int, nargs="+", default=[1, 15], help="Omniglot query examples per class"
+    )
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "problem,mode,first_order"
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: "problem,mode,first_order,queries"
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.one:
-        problem, mode, first = args.one.split(",")
-        print(json.dumps(measure(problem, mode, first == "1", args.reps, args.device, args.data_root)))
+        problem, mode, first, queries = args.one.split(",")
+        row = measure(problem, mode, first == "1", args.reps, args.device, args.data_root, int(queries))
+        print(json.dumps(row))
         return
     rows = []
-    for problem in args.problems:
+    shapes = [(p, q) for p in args.problems for q in (args.queries if p == "omniglot" else [10])]
+    for problem, queries in shapes:
         for first in (False, True):
             for mode in ("loop", "vmap"):
                 cmd = [
                     sys.executable,
                     __file__,
                     "--one",
-                    f"{problem},{mode},{int(first)}",
+                    f"{problem},{mode},{int(first)},{queries}",
                     "--reps",
                     str(args.reps),
                     "--threads",
@@ -138,6 +148,7 @@ def main() -> None:
                 rows.append(
                     {
                         "problem": problem,
+                        "queries": queries,
                         "order": "first" if first else "second",
                         "mode": mode,
                         **json.loads(out),
@@ -145,14 +156,15 @@ def main() -> None:
                 )
                 print(json.dumps(rows[-1]), flush=True)
     print(
-        "\n| problem | order | loop (s) | vmap (s) | speed-up | loop peak (MiB) | vmap peak (MiB) "
+        "\n| problem | queries | order | loop (s) | vmap (s) | speed-up | loop peak (MiB) | vmap peak (MiB) "
         "| max grad diff |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for i in range(0, len(rows), 2):
         loop, vm = rows[i], rows[i + 1]
         print(
-            f"| {loop['problem']} | {loop['order']} | {loop['median_s']:.4f} | {vm['median_s']:.4f} | "
+            f"| {loop['problem']} | {loop['queries']} | {loop['order']} | {loop['median_s']:.4f} | "
+            f"{vm['median_s']:.4f} | "
             f"{loop['median_s'] / vm['median_s']:.1f}× | {loop['peak_mib']:.0f} | {vm['peak_mib']:.0f} | "
             f"{max(loop['max_grad_diff'], vm['max_grad_diff']):.1e} |"
         )

@@ -441,7 +441,7 @@ class RL2(MetaLearner[Segment, RL2State]):
         size = math.ceil(rows / cfg.num_minibatches)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(rows, generator=self.generator, device=self.device)
-            sums = torch.zeros(5)
+            sums = torch.zeros(5, device=self.device)  # summed on the device: no sync per minibatch
             for idx in order.split(size):
                 head, values, _ = self.net(traj.inputs[:, idx], hidden0[idx])
                 log_probs, entropy = self.net.log_prob_entropy(head, traj.actions[:, idx])
@@ -460,7 +460,7 @@ class RL2(MetaLearner[Segment, RL2State]):
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
-                sums += torch.stack([t.detach().cpu() for t in terms])
+                sums += torch.stack([t.detach() for t in terms])
         means = sums / len(order.split(size))
 
         valid = traj.mask > 0
