@@ -9,9 +9,10 @@ per-parameter meta-parameter (Meta-SGD: Li et al. 2017, arXiv:1707.09835).
 
 The inner loops of all tasks are one ``torch.func.vmap`` over the task dimension of
 ``torch.func.grad`` of a ``functional_call`` — no per-task Python loop; ``experiments/
-benchmark_maml_supervised.py`` compares it with the per-task loop of learn2learn/higher (8–12× faster for
-the sinusoid MLP on CPU, but slower for conv4 on CPU, where per-task weights become a grouped convolution:
-``vectorize = false`` selects the loop, with identical gradients).
+benchmark_maml_supervised.py`` compares it with the per-task loop of learn2learn/higher: 8–12× faster for
+the sinusoid MLP on CPU; for conv4 on CPU 1.2–1.3× faster on the reference code's training episodes (1 query
+per class) but slower on 15-query episodes, where the per-task weights of the query pass become one large
+grouped convolution — ``vectorize = false`` selects the loop there, with identical gradients.
 
 Networks (§5.2): the conv4 of Vinyals et al. (64 filters 3×3, BatchNorm, ReLU, 2×2 max-pool; ×4) with a
 linear head for Omniglot, and a 2×40 ReLU MLP for sinusoids. **BatchNorm as in the MAML paper**: batch
@@ -84,9 +85,10 @@ class MAMLSupervisedConfig:
         hidden_channels: filters of each conv4 block (64).
         hidden_sizes: hidden layers of the MLP (2×40 ReLU).
         eval_chunk: tasks adapted at once at evaluation (memory only).
-        vectorize: ``vmap`` the meta-step over tasks (default); ``False`` loops over tasks. On CPU the conv4
-            meta-step is faster as a loop (per-task weights become a grouped convolution under ``vmap``;
-            see ``experiments/fewshot_report.md``); the MLP is many times faster vmapped.
+        vectorize: ``vmap`` the meta-step over tasks (default); ``False`` loops over tasks. The MLP is many
+            times faster vmapped; the conv4 meta-step on CPU is faster vmapped with 1 query per class and
+            faster as a loop with 15 (per-task weights become a grouped convolution under ``vmap``; see
+            ``experiments/fewshot_report.md`` §4).
         extra_step_rule: how test-time adaptation steps after the first ``num_inner_steps`` are taken:
             ``"armijo"`` (backtracking line search on the support loss, see the module docstring) or
             ``"fixed"`` (plain steps of α, the paper's protocol; may diverge where θ is sharp).
