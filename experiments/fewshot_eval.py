@@ -38,6 +38,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other config override, e.g. algo.vectorize=false (conv4 MAML evaluates faster on CPU)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     raw = json.loads((args.run_dir / "config.json").read_text())
@@ -47,7 +54,7 @@ def main() -> None:
         for k in ("split", "data_root")
         if getattr(args, k)
     ]
-    overrides.append(f"run.num_threads={args.threads}")
+    overrides += [f"run.num_threads={args.threads}", *args.set]
     config = resolve(raw, overrides)
     exp = Experiment.build(config, torch.device("cpu"))
     exp.learner.load_state_dict(

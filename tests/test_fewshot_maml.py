@@ -57,6 +57,42 @@ def test_vmapped_equals_looped_conv4_and_second_order_differs(tmp_path: Path) ->
     assert not torch.allclose(grads[False], grads[True])  # the second-order term is there
 
 
+def test_test_time_adaptation_loop_equals_vmap(tmp_path: Path) -> None:
+    """``vectorize = false`` adapts and scores held-out tasks one by one; the curve is the vmapped one."""
+    dataset, train, test = load_image_folder(make_image_folder(tmp_path, 6, 3, 4))
+    tasks = EpisodeSampler(dataset, train, test, EpisodeShape(3, 1, 2), EpisodeShape(3, 1, 2))
+    held = tasks.held_out(5, seed=0)
+    curves = [
+        adaptation_curve(
+            MAMLSupervised(
+                MAMLSupervisedConfig(hidden_channels=8, vectorize=v, eval_chunk=3), tasks, CPU, ways=3, seed=0
+            ),
+            held,
+            3,
+        )
+        for v in (True, False)
+    ]
+    torch.testing.assert_close(curves[0], curves[1])
+    assert (curves[0][0] != curves[0][3]).any()  # the steps change the predictions
+    sine = SinusoidSampler(test_shots=5)
+    for rule in ("fixed", "armijo"):  # the line search of later steps too
+        sine_curves = [
+            adaptation_curve(
+                MAMLSupervised(
+                    MAMLSupervisedConfig(inner_lr=0.1, network="mlp", vectorize=v, extra_step_rule=rule),
+                    sine,
+                    CPU,
+                    ways=0,
+                    seed=0,
+                ),
+                sine.held_out(10, seed=0),
+                3,
+            )
+            for v in (True, False)
+        ]
+        torch.testing.assert_close(sine_curves[0], sine_curves[1])
+
+
 def test_sinusoid_adaptation_beats_no_adaptation() -> None:
     torch.manual_seed(0)
     config = MAMLSupervisedConfig(meta_batch_size=25, inner_lr=0.01, network="mlp")

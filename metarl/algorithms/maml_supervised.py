@@ -49,7 +49,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -85,7 +85,8 @@ class MAMLSupervisedConfig:
         hidden_channels: filters of each conv4 block (64).
         hidden_sizes: hidden layers of the MLP (2×40 ReLU).
         eval_chunk: tasks adapted at once at evaluation (memory only).
-        vectorize: ``vmap`` the meta-step over tasks (default); ``False`` loops over tasks. The MLP is many
+        vectorize: ``vmap`` the meta-step and the test-time adaptation over tasks (default); ``False``
+            loops over tasks (same numbers, tested). The MLP is many
             times faster vmapped; the conv4 meta-step on CPU is faster vmapped with 1 query per class and
             faster as a loop with 15 (per-task weights become a grouped convolution under ``vmap``; see
             ``experiments/fewshot_report.md`` §4).
@@ -312,28 +313,42 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
     def support(self, tasks: Sequence[Task], adapted: MAMLState, step: int) -> FewShotBatch:
         return adapted.batch
 
+    def _per_task(self, fn: Callable[..., Any], fast: Params, *data: torch.Tensor) -> Any:
+        """``fn(params_i, *data_i)`` for every task ``i`` of ``fast`` (``[T, *shape]``) and ``data``
+        (``[T, ...]``), stacked: one ``vmap`` when ``config.vectorize``, else a loop over tasks, whose
+        per-task weights stay dense convolutions (faster for conv4 on CPU; see ``vectorize``)."""
+        if self.config.vectorize:
+            return vmap(fn)(fast, *data)
+        outs = [fn({k: v[i] for k, v in fast.items()}, *(d[i] for d in data)) for i in range(len(data[0]))]
+        if isinstance(outs[0], dict):
+            return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+        return torch.stack(outs)
+
     def adapt(self, adapted: MAMLState, support: FewShotBatch, step: int) -> MAMLState:
         """Adaptation step ``step``: the trained update for the first ``num_inner_steps``, then the
         ``extra_step_rule`` (see the module docstring)."""
         lrs, chunk = {k: v.detach() for k, v in self.inner_lrs.items()}, self.config.eval_chunk
         trained = step < self.config.num_inner_steps or self.config.extra_step_rule == "fixed"
-        step_fn = vmap(self.inner_step if trained else self.line_search_step, in_dims=(0, None, 0, 0))
+        rule = self.inner_step if trained else self.line_search_step
+
+        def step_fn(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+            return rule(params, lrs, x, y)
+
         pieces = []
         with torch.no_grad():  # torch.func.grad still differentiates inside; no graph is kept outside
             for i in range(0, support.num_tasks, chunk):
                 fast = {k: v[i : i + chunk] for k, v in adapted.fast.items()}
-                pieces.append(
-                    step_fn(fast, lrs, support.support_x[i : i + chunk], support.support_y[i : i + chunk])
-                )
+                x, y = support.support_x[i : i + chunk], support.support_y[i : i + chunk]
+                pieces.append(self._per_task(step_fn, fast, x, y))
         return adapted._replace(fast={k: torch.cat([p[k] for p in pieces]) for k in adapted.fast})
 
     @torch.no_grad()
     def evaluate(self, tasks: Sequence[Task], adapted: MAMLState) -> torch.Tensor:
         batch, chunk = adapted.batch, self.config.eval_chunk
-        metric = vmap(self.metric)
         return torch.cat(
             [
-                metric(
+                self._per_task(
+                    self.metric,
                     {k: v[i : i + chunk] for k, v in adapted.fast.items()},
                     batch.query_x[i : i + chunk],
                     batch.query_y[i : i + chunk],
