@@ -29,6 +29,12 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
 
     ## Action Space
     ``Box(-0.1, 0.1, (2,), float32)``: the displacement of one step. Actions are clipped to the bounds.
+    With ``normalized_actions=True``, ``Box(-1, 1, (2,), float32)`` and the displacement is
+    ``max_velocity · clip(a, −1, 1)``: rllab's ``normalize()`` wrapper, in which cbfinn/maml_rl runs this
+    env (``maml_examples/maml_trpo_point.py``: ``TfEnv(normalize(PointEnvRandGoal()))``). The two differ for
+    a Gaussian policy: with σ = 1 on a ±0.1 box almost every action saturates, on a ±1 box it does not —
+    the random-init returns stored with the reference code (−82.7 at 0 steps) are of the normalised
+    convention (a zero-mean σ = 1 policy: −71 normalised, −90 plain).
 
     ## Observation Space
     ``Box(-inf, inf, (2,), float32)``: the current position.
@@ -52,6 +58,8 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
     - ``max_velocity``: the action bound (default ``0.1``).
     - ``success_tolerance``: per-axis distance below which the episode terminates (default ``0.01``).
     - ``squared_distance``: use ``-‖s' − g‖²`` as the reward (the paper's text) instead of the distance.
+    - ``normalized_actions``: actions in ``[−1, 1]²`` scaled by ``max_velocity`` (rllab ``normalize()``,
+      the MAML reference code; default ``False``: the displacement itself, as pytorch-maml-rl and garage).
     """
 
     metadata = {"render_modes": []}
@@ -65,6 +73,7 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
         max_velocity: float = 0.1,
         success_tolerance: float = 0.01,
         squared_distance: bool = False,
+        normalized_actions: bool = False,
     ) -> None:
         if not goal_low < goal_high:
             raise ValueError(f"goal_low ({goal_low}) must be below goal_high ({goal_high})")
@@ -75,10 +84,10 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
         self.max_velocity = float(max_velocity)
         self.success_tolerance = float(success_tolerance)
         self.squared_distance = bool(squared_distance)
+        self.normalized_actions = bool(normalized_actions)
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self.action_space = gym.spaces.Box(
-            -self.max_velocity, self.max_velocity, shape=(2,), dtype=np.float32
-        )
+        bound = 1.0 if self.normalized_actions else self.max_velocity
+        self.action_space = gym.spaces.Box(-bound, bound, shape=(2,), dtype=np.float32)
         self._state = np.zeros(2, dtype=np.float32)
         self._goal = np.zeros(2, dtype=np.float32)
         self._init_task()
@@ -99,7 +108,11 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
         return self._state.copy(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        action = np.clip(np.asarray(action, dtype=np.float32), -self.max_velocity, self.max_velocity)
+        action = np.asarray(action, dtype=np.float32)
+        if self.normalized_actions:
+            action = np.float32(self.max_velocity) * np.clip(action, -1.0, 1.0)
+        else:
+            action = np.clip(action, -self.max_velocity, self.max_velocity)
         self._state = (self._state + action).astype(np.float32)
         dx = self._state[0] - self._goal[0]
         dy = self._state[1] - self._goal[1]
@@ -125,13 +138,19 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
         return at once (MAML §5.3's "oracle" for this task). Simulated with the env's own float32 step.
         """
         oracle = type(self)(
-            self.goal_low, self.goal_high, self.max_velocity, self.success_tolerance, self.squared_distance
+            self.goal_low,
+            self.goal_high,
+            self.max_velocity,
+            self.success_tolerance,
+            self.squared_distance,
+            self.normalized_actions,
         )
         state, _ = oracle.reset(options={"task": task})
         total = 0.0
         goal = np.asarray(task.goal, dtype=np.float32)
+        scale = np.float32(self.max_velocity if self.normalized_actions else 1.0)
         for _ in range(horizon):
-            state, reward, terminated, _, _ = oracle.step(goal - state)
+            state, reward, terminated, _, _ = oracle.step((goal - state) / scale)
             total += reward
             if terminated:
                 break
@@ -152,6 +171,7 @@ class Navigation2DEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
             max_velocity=self.max_velocity,
             success_tolerance=self.success_tolerance,
             squared_distance=self.squared_distance,
+            normalized_actions=self.normalized_actions,
         )
 
 
@@ -172,6 +192,7 @@ class BatchedNavigation2D:
         max_velocity: float = 0.1,
         success_tolerance: float = 0.01,
         squared_distance: bool = False,
+        normalized_actions: bool = False,
     ) -> None:
         tasks_of_type(tasks, NavigationTask)
         self.device = torch.device(device)
@@ -181,6 +202,7 @@ class BatchedNavigation2D:
         self.max_velocity = float(max_velocity)
         self.success_tolerance = float(success_tolerance)
         self.squared_distance = squared_distance
+        self.normalized_actions = normalized_actions
         goals = torch.tensor([t.goal for t in tasks], dtype=torch.float32, device=self.device)
         self.goals = goals[:, None, :].expand(-1, self.envs_per_task, -1)
         shape = (self.num_tasks, self.envs_per_task)
@@ -195,7 +217,11 @@ class BatchedNavigation2D:
         return self.state.clone()
 
     def step(self, actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        actions = actions.to(torch.float32).clamp(-self.max_velocity, self.max_velocity)
+        actions = actions.to(torch.float32)
+        if self.normalized_actions:
+            actions = self.max_velocity * actions.clamp(-1.0, 1.0)
+        else:
+            actions = actions.clamp(-self.max_velocity, self.max_velocity)
         active = ~self.done
         self.state = torch.where(active[..., None], self.state + actions, self.state)
         d = self.state - self.goals

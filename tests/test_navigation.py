@@ -53,19 +53,31 @@ def test_registered_horizon_is_100() -> None:
     assert steps == 100 and truncated and not terminated
 
 
-def test_batched_matches_gymnasium_including_termination() -> None:
+def test_normalized_actions_are_rllabs_normalize_convention() -> None:
+    env = Navigation2DEnv(normalized_actions=True)
+    assert env.action_space.low.tolist() == [-1.0, -1.0] and env.action_space.high.tolist() == [1.0, 1.0]
+    env.reset(options={"task": NavigationTask(goal=(0.3, -0.2))})
+    obs, _, _, _, _ = env.step(np.array([5.0, -0.5], dtype=np.float32))
+    assert np.allclose(obs, [0.1, -0.05])  # 0.1 · clip(a, -1, 1)
+    task = NavigationTask(goal=(0.3, -0.2))  # the oracle is the same optimal path in either convention
+    assert env.oracle_return(task, 100) == pytest.approx(Navigation2DEnv().oracle_return(task, 100))
+
+
+@pytest.mark.parametrize("normalized", [False, True])
+def test_batched_matches_gymnasium_including_termination(normalized: bool) -> None:
     goals = [(0.05, 0.0), (-0.3, 0.4)]
     tasks = [NavigationTask(goal=g) for g in goals]
-    batched = Navigation2DEnv().make_batched(tasks, 3, horizon=10)
+    batched = Navigation2DEnv(normalized_actions=normalized).make_batched(tasks, 3, horizon=10)
     batched.reset()
-    singles = [Navigation2DEnv() for _ in range(6)]
+    singles = [Navigation2DEnv(normalized_actions=normalized) for _ in range(6)]
     for i, env in enumerate(singles):
         env.reset(options={"task": tasks[i // 3]})
     rng = np.random.default_rng(1)
     alive = np.ones(6, dtype=bool)
+    scale = 10.0 if normalized else 1.0
     for t in range(10):
-        noise = rng.normal(0, 0.1, (6, 2))
-        actions = np.where(np.arange(6)[:, None] < 3, [0.05, 0.0], noise).astype(np.float32)
+        noise = rng.normal(0, 0.1, (6, 2)) * scale
+        actions = np.where(np.arange(6)[:, None] < 3, [0.05 * scale, 0.0], noise).astype(np.float32)
         obs, reward, terminated, truncated = batched.step(torch.from_numpy(actions.reshape(2, 3, 2)))
         for i in np.flatnonzero(alive):
             o, r, term, _, _ = singles[i].step(actions[i])
