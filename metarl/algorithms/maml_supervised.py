@@ -86,9 +86,9 @@ class MAMLSupervisedConfig:
         hidden_sizes: hidden layers of the MLP (2×40 ReLU).
         eval_chunk: tasks adapted at once at evaluation (memory only).
         vectorize: ``vmap`` the meta-step and the test-time adaptation over tasks (default); ``False``
-            loops over tasks (same numbers, tested). The MLP is many
-            times faster vmapped; the conv4 meta-step on CPU is faster vmapped with 1 query per class and
-            faster as a loop with 15 (per-task weights become a grouped convolution under ``vmap``; see
+            loops over tasks (same numbers, tested). The MLP is many times faster vmapped; the conv4
+            meta-step on CPU is faster vmapped with 1 query per class and faster as a loop with 15
+            (per-task weights become a grouped convolution under ``vmap``; see
             ``experiments/fewshot_report.md`` §4).
         extra_step_rule: how test-time adaptation steps after the first ``num_inner_steps`` are taken:
             ``"armijo"`` (backtracking line search on the support loss, see the module docstring) or
