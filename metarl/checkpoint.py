@@ -1,37 +1,33 @@
-"""Checkpoints: written atomically, loaded safely.
+"""Checkpoints: written atomically, loaded safely, checked for non-finite values.
 
-``save`` writes to a temporary file in the same directory, flushes it to disk and renames it over the
-target, so a run killed at any moment leaves either the old or the new checkpoint, never half of one.
-``load`` uses ``torch.load(..., weights_only=True)``: a checkpoint is tensors and plain containers only, so
-loading one from elsewhere cannot run code.
+``save`` serialises the state in memory and hands the bytes to :func:`metarl.atomic.write_bytes` (temp file
+in the same directory, fsync, rename), so a run killed at any moment leaves either the old or the new
+checkpoint, never half of one, and a full disk raises a plain ``OSError`` (ENOSPC) with the old checkpoint
+intact. ``load`` uses ``torch.load(..., weights_only=True)``: a checkpoint is tensors and plain containers
+only, so loading one from elsewhere cannot run code. :func:`first_non_finite` finds a NaN or infinity in a
+(nested) state with one fused check per tensor.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metarl import atomic
 from metarl.errors import CheckpointError
 
 FORMAT_VERSION = 1
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT_VERSION, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``state`` (tensors and plain containers) to ``path`` atomically, with the format version."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT_VERSION, **state}, buffer)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -50,3 +46,33 @@ def load(path: Path) -> dict[str, Any]:
             f"checkpoint {str(path)!r} is not a metarl checkpoint (format {FORMAT_VERSION})"
         )
     return state
+
+
+def _floating_tensors(state: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """``(dotted key, tensor)`` for every floating-point tensor in a nested dict / list state."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            yield prefix or "<root>", state
+    elif isinstance(state, dict):
+        for key, value in state.items():
+            yield from _floating_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(state, list | tuple):
+        for i, value in enumerate(state):
+            yield from _floating_tensors(value, f"{prefix}[{i}]")
+
+
+def first_non_finite(state: Any) -> str | None:
+    """The key of the first floating tensor of ``state`` holding a NaN or an infinity, or ``None``.
+
+    One ``isfinite().all()`` per tensor on its device, stacked, and a single host sync for the whole state;
+    only when something is non-finite are the tensors looked at one by one to name it.
+    """
+    tensors = list(_floating_tensors(state))
+    if not tensors:
+        return None
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for _, t in tensors:
+        by_device.setdefault(t.device, []).append(torch.isfinite(t.detach()).all())
+    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
+        return None
+    return next(key for key, t in tensors if not bool(torch.isfinite(t.detach()).all()))

@@ -18,6 +18,7 @@ values are parsed by ``tomllib`` and never evaluated.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -28,6 +29,12 @@ from metarl import checks
 from metarl.errors import ConfigError
 
 Device = Literal["auto", "cpu", "cuda"]
+
+#: Seeds are drawn into numpy / torch generators: non-negative 63-bit integers.
+MAX_SEED = 2**63 - 1
+#: Caps on horizon-like sizes (a typo such as ``1e12`` is refused instead of hanging the run).
+MAX_EPISODE_STEPS = 1_000_000
+MAX_TASKS = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +68,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         checks.at_least(self, 1, "iterations", "eval_every", "eval_tasks", "checkpoint_every")
         checks.at_least(self, 0, "eval_steps", "num_threads", "seed", "eval_seed")
+        checks.at_most(self, MAX_SEED, "seed", "eval_seed")
+        checks.at_most(self, MAX_TASKS, "eval_tasks")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +89,7 @@ class EnvConfig:
     def __post_init__(self) -> None:
         if self.max_episode_steps is not None and self.max_episode_steps < 1:
             raise ValueError(f"max_episode_steps must be >= 1, got {self.max_episode_steps}")
+        checks.at_most(self, MAX_EPISODE_STEPS, "max_episode_steps")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,6 +216,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # nan / inf pass every range check written with < and >
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -265,12 +277,15 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> ExperimentConfig:
                 f"--set {assignment!r}: keys look like SECTION.KEY; sections: run, env, data, algo"
             )
         table = raw.setdefault(keys[0], {})
-        for k in keys[1:-1]:
+        for depth, k in enumerate(keys[1:], 1):
             if not isinstance(table, dict):
-                break
-            table = table.setdefault(k, {})
-        if isinstance(table, dict):
-            table[keys[-1]] = value
+                raise ConfigError(
+                    f"--set {assignment!r}: {'.'.join(keys[:depth])} is a value, not a table"
+                )
+            if depth == len(keys) - 1:
+                table[k] = value
+            else:
+                table = table.setdefault(k, {})
     unknown = set(raw) - {"run", "env", "data", "algo"}
     if unknown:
         raise ConfigError(f"unknown section(s) {sorted(unknown)}; valid: algo, data, env, run")
