@@ -5,8 +5,10 @@ AntDir (MAML §5.3 and its code, cbfinn/maml_rl; the 2-D direction variant of Ro
 ProMP, arXiv:1810.06784) and AntGoal (MAML-era code; the disk variant of Rakelly et al. 2019, PEARL,
 arXiv:1903.08254, and ProMP). The physics are gymnasium's ``HalfCheetah-v5`` / ``Ant-v5`` through
 the ``mujoco`` package (frame_skip 5, dt 0.05, same observations and reset noise); only the reward
-depends on the task. Every published convention is a constructor kwarg; the registered defaults are
-the MAML paper's (code's).
+depends on the task. Actions are clipped to the action space ``[−1, 1]`` before the dynamics *and* the
+control cost (:meth:`envs.mujoco_batch.MujocoTaskFamily.clip_actions`; cbfinn/maml_rl clips before its
+cost; gymnasium charges the raw action), so an action of 3.0 moves and costs like 1.0. Every published
+convention is a constructor kwarg; the registered defaults are the MAML paper's (code's).
 
 ``make_batched(tasks, envs_per_task, device, horizon)`` returns a
 :class:`envs.mujoco_batch.BatchedMujocoEnv` that steps ``num_tasks × envs_per_task`` simulations at
@@ -96,7 +98,7 @@ class HalfCheetahVelEnv(_HalfCheetahFamily):
     ``exclude_current_positions_from_observation=False``). The target velocity is not observed.
 
     ## Rewards
-    ``−|v − v*| − ctrl_cost_weight·‖a‖²`` with ``v = Δqpos_x / dt`` and ``ctrl_cost_weight = 0.05``
+    ``−|v − v*| − ctrl_cost_weight·‖clip(a)‖²`` with ``v = Δqpos_x / dt`` and ``ctrl_cost_weight = 0.05``
     (meta-RL code; gymnasium's own ``HalfCheetah-v5`` uses 0.1: ``ctrl_cost_weight=0.1``).
 
     ## Starting State
@@ -160,7 +162,7 @@ class HalfCheetahDirEnv(_HalfCheetahFamily):
     ``Box(-inf, inf, (17,), float64)``: ``qpos[1:]``, ``qvel``; the direction is not observed.
 
     ## Rewards
-    ``d·v − ctrl_cost_weight·‖a‖²`` with ``v = Δqpos_x / dt``, ``ctrl_cost_weight = 0.05``
+    ``d·v − ctrl_cost_weight·‖clip(a)‖²`` with ``v = Δqpos_x / dt``, ``ctrl_cost_weight = 0.05``
     (gymnasium: 0.1).
 
     ## Starting State
@@ -207,7 +209,7 @@ class HalfCheetahDirEnv(_HalfCheetahFamily):
 class _AntFamily(MujocoTaskFamily, AntEnv):
     """Shared constructor and reward terms of the ant families.
 
-    Every ant reward is ``task_term − ctrl_cost_weight·‖a‖² − contact_cost_weight·‖clip(cfrc_ext)‖²
+    Every ant reward is ``task_term − ctrl_cost_weight·‖clip(a)‖² − contact_cost_weight·‖clip(cfrc_ext)‖²
     + survive_reward`` (cbfinn/maml_rl ``ant_env_rand*.py``: ctrl 0.5·1e-2, contact 0.5·1e-3,
     survive 0.05); the survive reward is paid every step, as in the MAML code. The velocity is the
     torso's ``xpos`` displacement over the step divided by dt, as gymnasium's ``Ant-v5``. The
@@ -273,7 +275,7 @@ class AntVelEnv(_AntFamily):
     (gymnasium's).
 
     ## Rewards
-    ``−|v_x − v*| + forward_bonus − 0.005‖a‖² − 0.0005‖clip(cfrc_ext)‖² + 0.05`` with
+    ``−|v_x − v*| + forward_bonus − 0.005‖clip(a)‖² − 0.0005‖clip(cfrc_ext)‖² + 0.05`` with
     ``forward_bonus=1.0``.
 
     ## Starting State
@@ -340,7 +342,7 @@ class AntDirEnv(_AntFamily):
     ``Box(-inf, inf, (105,), float64)`` (gymnasium's); the direction is not observed.
 
     ## Rewards
-    ``d·(v_x, v_y) − 0.005‖a‖² − 0.0005‖clip(cfrc_ext)‖² + 0.05``.
+    ``d·(v_x, v_y) − 0.005‖clip(a)‖² − 0.0005‖clip(cfrc_ext)‖² + 0.05``.
 
     ## Starting State
     Gymnasium's reset noise (scale 0.1).
@@ -406,7 +408,7 @@ class AntGoalEnv(_AntFamily):
     observed.
 
     ## Rewards
-    ``−‖xy − g‖₁ + goal_bonus − 0.005‖a‖² − 0.0005‖clip(cfrc_ext)‖² + 0.05`` with ``goal_bonus = 4``
+    ``−‖xy − g‖₁ + goal_bonus − 0.005‖clip(a)‖² − 0.0005‖clip(cfrc_ext)‖² + 0.05`` with ``goal_bonus = 4``
     ("make it happy, not suicidal"), ``xy`` the torso's position.
 
     ## Starting State

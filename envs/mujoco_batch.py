@@ -135,14 +135,15 @@ class MujocoTaskFamily(TaskFamily):
     ) -> dict[str, np.ndarray]:
         """Reward terms ``[N]`` each (the reward is their sum) for a batch of ``N`` transitions.
 
-        ``reward_task`` (the family's), ``reward_ctrl = −ctrl_cost_weight·‖a‖²`` and, for the ant,
+        ``reward_task`` (the family's), ``reward_ctrl = −ctrl_cost_weight·‖clip(a)‖²`` and, for the ant,
         ``reward_contact = −contact_cost_weight·‖clip(cfrc_ext)‖²`` and ``reward_survive``.
 
         Args:
             params: ``[N, k]`` task parameters (:meth:`task_params`).
             velocity: ``[N, p]`` velocity of the tracked position over the step (``p`` = 1 or 2).
             position: ``[N, p]`` tracked position after the step.
-            action: ``[N, nu]`` the actions as given (unclipped, as gymnasium's control cost).
+            action: ``[N, nu]`` the actions applied, i.e. already clipped to the action space
+                (:meth:`clip_actions`).
             contact_forces: ``[N, nbody, 6]`` clipped ``cfrc_ext`` (ant) or ``None``.
         """
         n = action.shape[0]
@@ -155,6 +156,19 @@ class MujocoTaskFamily(TaskFamily):
             terms["reward_contact"] = -self.contact_cost_weight * np.sum(squared, axis=-1)
             terms["reward_survive"] = np.full(n, self.survive_reward)
         return terms
+
+    def clip_actions(self, action: np.ndarray) -> np.ndarray:
+        """``action [..., nu]`` clipped to the action space (float64): what the actuators apply.
+
+        MuJoCo clamps the control of a ``ctrllimited`` actuator to its ``ctrlrange`` itself, so an action
+        of 3.0 moves the body like 1.0; the control cost is charged on the same clipped action, so that
+        it costs like 1.0 too (cbfinn/maml_rl clips before its control cost; pytorch-maml-rl clips in its
+        normalised-action wrapper). Gymnasium's own ``HalfCheetah-v5`` / ``Ant-v5`` charge the raw
+        action. Every learner therefore sees the same reward for the same sampled action, and a
+        policy's log-probabilities stay those of its unclipped samples.
+        """
+        space = self.action_space  # type: ignore[attr-defined]
+        return np.clip(action, space.low.astype(np.float64), space.high.astype(np.float64))
 
     @abc.abstractmethod
     def batch_spec(self) -> MujocoBatchSpec:
@@ -183,7 +197,7 @@ class MujocoTaskFamily(TaskFamily):
         return False
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        action = np.asarray(action, dtype=np.float64)
+        action = self.clip_actions(np.asarray(action, dtype=np.float64))
         before = self._tracked_position()
         self.do_simulation(action, self.frame_skip)  # type: ignore[attr-defined]
         after = self._tracked_position()
@@ -380,7 +394,8 @@ class BatchedMujocoEnv:
     def step(
         self, actions: torch.Tensor | np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Apply ``actions [B, E, action_dim]`` for ``frame_skip`` physics steps in every live
+        """Apply ``actions [B, E, action_dim]``, clipped to the action space
+        (:meth:`MujocoTaskFamily.clip_actions`), for ``frame_skip`` physics steps in every live
         environment.
 
         Returns:
@@ -395,7 +410,7 @@ class BatchedMujocoEnv:
         expected = (self.num_tasks, self.envs_per_task, self.action_dim)
         if a.shape != expected:
             raise ValueError(f"actions must have shape {expected}, got {a.shape}")
-        ctrl = a.reshape(self.num_envs, self.action_dim)
+        ctrl = self.family.clip_actions(a.reshape(self.num_envs, self.action_dim))
         self.state[:, self._ctrl_cols] = ctrl
 
         active = ~self._done

@@ -264,6 +264,36 @@ def test_batched_matches_gymnasium_step_for_step(env_id: str, steps: int) -> Non
     batch.close()
 
 
+@pytest.mark.parametrize(("env_id", "ctrl"), [("metarl/HalfCheetahVel-v0", 0.05), ("metarl/AntDir-v0", 0.005)])
+def test_out_of_range_actions_move_and_cost_like_clipped_ones(env_id: str, ctrl: float) -> None:
+    """An action of 3.0 moves and costs like 1.0, in the gymnasium env and the fast path alike."""
+    family = gym.make(env_id).unwrapped
+    tasks = family.sample_tasks(1, seed=0)
+    nu = family.model.nu
+    wide = np.random.default_rng(3).uniform(-3.0, 3.0, (5, nu))
+    wide[0] = 3.0
+    runs = []
+    for actions in (wide, np.clip(wide, -1.0, 1.0)):
+        env = gym.make(env_id).unwrapped
+        env.reset(seed=4, options={"task": tasks[0]})
+        rows = [env.step(a) for a in actions]
+        runs.append(rows)
+        assert rows[0][4]["reward_ctrl"] == pytest.approx(-ctrl * nu, rel=1e-12)  # ‖clip(3·1)‖² = nu
+        with family.make_batched(tasks, 2, seed=1, num_threads=1, dtype=torch.float64) as batch:
+            batch.reset()
+            env.reset(seed=4)
+            mujoco.mj_resetData(env.model, env.data)
+            env.set_state(batch.qpos[0].copy(), batch.qvel[0].copy())
+            for a in actions:
+                obs_b, rew_b, _, _ = batch.step(torch.from_numpy(np.broadcast_to(a, (1, 2, nu)).copy()))
+                obs, reward, *_ = env.step(a)
+                np.testing.assert_allclose(obs_b[0, 0].numpy(), obs, rtol=0, atol=1e-12)
+                assert float(rew_b[0, 0]) == pytest.approx(reward, rel=0, abs=1e-12)
+    for (obs_w, rew_w, *_), (obs_c, rew_c, *_) in zip(*runs, strict=True):
+        np.testing.assert_array_equal(obs_w, obs_c)
+        assert rew_w == rew_c
+
+
 def test_batched_api() -> None:
     family = gym.make("metarl/AntDir-v0").unwrapped
     tasks = family.sample_tasks(3, seed=0)
