@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
+import gymnasium as gym
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
@@ -63,13 +64,34 @@ class AntGoalTask(Task):
 
 
 class _HalfCheetahFamily(MujocoTaskFamily, HalfCheetahEnv):
-    """Shared constructor of the half-cheetah families; ``**kwargs`` go to gymnasium's
+    """Shared constructor and observation of the half-cheetah families; ``**kwargs`` go to gymnasium's
     ``HalfCheetahEnv`` (``xml_file``, ``frame_skip``, ``reset_noise_scale``,
-    ``exclude_current_positions_from_observation``, ``render_mode``, ...)."""
+    ``exclude_current_positions_from_observation``, ``render_mode``, ...).
 
-    def __init__(self, ctrl_cost_weight: float = 0.05, **kwargs: Any) -> None:
+    With ``include_torso_com_in_observation`` the observation ends with the torso's subtree centre of
+    mass (MuJoCo's ``subtree_com``, world frame ``(x, y, z)``; the torso is the root body, so this is
+    the whole cheetah's centre of mass, absolute x included) at the current state: the observation of
+    the MAML reference code (cbfinn/maml_rl ``half_cheetah_env_rand.py``: ``qpos[1:], qvel,
+    get_body_com("torso")``, 20 values).
+    """
+
+    def __init__(
+        self, ctrl_cost_weight: float = 0.05, include_torso_com_in_observation: bool = False, **kwargs: Any
+    ) -> None:
+        self.include_torso_com_in_observation = bool(include_torso_com_in_observation)
         HalfCheetahEnv.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
         self.ctrl_cost_weight = float(ctrl_cost_weight)
+        self._torso_id = int(self.model.body("torso").id)
+        if self.include_torso_com_in_observation:
+            size = self.observation_space.shape[0] + 3
+            self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float64)
+            self.observation_structure["torso_com"] = 3
+
+    def _get_obs(self) -> np.ndarray:
+        obs = HalfCheetahEnv._get_obs(self)
+        if not self.include_torso_com_in_observation:
+            return obs
+        return np.concatenate([obs, self._subtree_com(self._torso_id)])
 
     def batch_spec(self) -> MujocoBatchSpec:
         return MujocoBatchSpec(
@@ -80,6 +102,7 @@ class _HalfCheetahFamily(MujocoTaskFamily, HalfCheetahEnv):
             position_body=None,
             healthy_z_range=None,
             reset_noise_scale=float(self._reset_noise_scale),
+            com_body=self._torso_id if self.include_torso_com_in_observation else None,
         )
 
 
@@ -96,6 +119,8 @@ class HalfCheetahVelEnv(_HalfCheetahFamily):
     ## Observation Space
     ``Box(-inf, inf, (17,), float64)``: ``qpos[1:]`` and ``qvel`` (18 with
     ``exclude_current_positions_from_observation=False``). The target velocity is not observed.
+    ``include_torso_com_in_observation=True`` appends the cheetah's centre of mass ``(x, y, z)``
+    (20 values): the observation of the MAML reference code (cbfinn/maml_rl).
 
     ## Rewards
     ``−|v − v*| − ctrl_cost_weight·‖clip(a)‖²`` with ``v = Δqpos_x / dt`` and ``ctrl_cost_weight = 0.05``
@@ -116,6 +141,8 @@ class HalfCheetahVelEnv(_HalfCheetahFamily):
     - ``velocity_low``, ``velocity_high``: bounds of the target-velocity distribution (``0.0``,
       ``2.0``).
     - ``ctrl_cost_weight``: control-cost weight (``0.05``).
+    - ``include_torso_com_in_observation``: append the torso's subtree centre of mass, as the MAML
+      reference code (``False``: gymnasium's observation).
     - ``xml_file``, ``frame_skip``, ``reset_noise_scale``,
       ``exclude_current_positions_from_observation``, ``**kwargs``: passed to gymnasium's
       ``HalfCheetahEnv`` (e.g. ``render_mode``).
@@ -160,6 +187,8 @@ class HalfCheetahDirEnv(_HalfCheetahFamily):
 
     ## Observation Space
     ``Box(-inf, inf, (17,), float64)``: ``qpos[1:]``, ``qvel``; the direction is not observed.
+    ``include_torso_com_in_observation=True`` appends the centre of mass ``(x, y, z)`` (20 values,
+    cbfinn/maml_rl's observation).
 
     ## Rewards
     ``d·v − ctrl_cost_weight·‖clip(a)‖²`` with ``v = Δqpos_x / dt``, ``ctrl_cost_weight = 0.05``
@@ -178,6 +207,8 @@ class HalfCheetahDirEnv(_HalfCheetahFamily):
 
     ## Arguments
     - ``ctrl_cost_weight``: control-cost weight (``0.05``).
+    - ``include_torso_com_in_observation``: append the torso's subtree centre of mass, as the MAML
+      reference code (``False``: gymnasium's observation).
     - ``xml_file``, ``frame_skip``, ``reset_noise_scale``,
       ``exclude_current_positions_from_observation``, ``**kwargs``: passed to gymnasium's
       ``HalfCheetahEnv``.

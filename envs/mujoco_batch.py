@@ -54,6 +54,9 @@ class MujocoBatchSpec:
         healthy_z_range: terminate when ``qpos[2]`` leaves this range or the state is not finite;
             ``None`` never terminates.
         reset_noise_scale: ``qpos = init_qpos + U(-s, s)``, ``qvel = init_qvel + s·N(0, 1)``.
+        com_body: ``None``, or the id of the body whose subtree centre of mass (MuJoCo's
+            ``subtree_com``, world frame, 3 values, at the current ``qpos``) is appended to the
+            observation (cbfinn/maml_rl's half-cheetah observation, :class:`envs.locomotion.HalfCheetahVelEnv`).
     """
 
     qpos_skip: int
@@ -63,6 +66,7 @@ class MujocoBatchSpec:
     position_body: int | None
     healthy_z_range: tuple[float, float] | None
     reset_noise_scale: float
+    com_body: int | None = None
 
 
 def _state_offsets(model: mujoco.MjModel, spec: int) -> dict[str, slice]:
@@ -192,6 +196,17 @@ class MujocoTaskFamily(TaskFamily):
 
     def _contact_forces(self) -> np.ndarray | None:
         return None
+
+    def _subtree_com(self, body: int) -> np.ndarray:
+        """Centre of mass of ``body``'s subtree at the current ``qpos`` (MuJoCo's ``subtree_com``).
+
+        Recomputed (``mj_kinematics`` + ``mj_comPos``): after ``mj_step`` the position-stage
+        quantities still describe the state before the last integration. Neither call touches the
+        integration state, so the dynamics are unchanged.
+        """
+        mujoco.mj_kinematics(self.model, self.data)
+        mujoco.mj_comPos(self.model, self.data)
+        return self.data.subtree_com[body].copy()
 
     def _terminated(self) -> bool:
         return False
@@ -338,10 +353,13 @@ class BatchedMujocoEnv:
         self._xy_views = [d.xpos[body, :2] for d in self._datas] if body is not None else []
         self._cfrc = np.zeros((n, m.nbody, 6))
         self._xy = np.zeros((n, 2))
+        self._com = np.zeros((n, 3))
         self._done = np.zeros(n, dtype=bool)
         obs_dim = m.nq - self.spec.qpos_skip + m.nv
         if self.spec.contact_forces_in_obs:
             obs_dim += (m.nbody - 1) * 6
+        if self.spec.com_body is not None:
+            obs_dim += 3
         self.obs_dim = obs_dim
         self.action_dim = m.nu
         self._obs = np.zeros((n, obs_dim))
@@ -377,7 +395,7 @@ class BatchedMujocoEnv:
             raise ValueError(
                 f"set_state expects qpos {(n, m.nq)} and qvel {(n, m.nv)}, got {qpos.shape} and {qvel.shape}"
             )
-        d, body = self._datas[0], self.spec.position_body
+        d, body, com_body = self._datas[0], self.spec.position_body, self.spec.com_body
         for i in range(n):
             mujoco.mj_resetData(m, d)
             d.qpos[:] = qpos[i]
@@ -386,6 +404,8 @@ class BatchedMujocoEnv:
             mujoco.mj_getState(m, d, self.state[i], self._spec_bits)
             if body is not None:
                 self._xy[i] = d.xpos[body, :2]
+            if com_body is not None:
+                self._com[i] = d.subtree_com[com_body]
         self._cfrc[:] = 0.0  # mj_forward does not compute cfrc_ext: gymnasium's reset obs has zeros
         self._done[:] = False
         self.t = 0
@@ -491,6 +511,8 @@ class BatchedMujocoEnv:
         track_xy = self.spec.position_body is not None
         cfrc, cfrc_v = self._cfrc, self._cfrc_views[worker]
         xy, xy_v = self._xy, (self._xy_views[worker] if track_xy else None)
+        com_body, com, com_v = self.spec.com_body, self._com, d.subtree_com
+        kinematics, com_pos = mujoco.mj_kinematics, mujoco.mj_comPos
         for i in indices:
             row = state[i]
             set_state(m, d, row, bits)
@@ -501,17 +523,23 @@ class BatchedMujocoEnv:
                 cfrc[i] = cfrc_v
             if track_xy:
                 xy[i] = xy_v
+            if com_body is not None:  # at the new qpos, as MujocoTaskFamily._subtree_com
+                kinematics(m, d)
+                com_pos(m, d)
+                com[i] = com_v[com_body]
 
     def _observe(self) -> np.ndarray:
-        """``[qpos[skip:], qvel, clip(cfrc_ext[1:])]`` for the whole batch (gymnasium's
+        """``[qpos[skip:], qvel, clip(cfrc_ext[1:]), subtree_com]`` for the whole batch (the family's
         ``_get_obs``)."""
         m, k = self.model, self.spec.qpos_skip
         obs = self._obs
         obs[:, : m.nq - k] = self.qpos[:, k:]
         obs[:, m.nq - k : m.nq - k + m.nv] = self.qvel
         if self.spec.contact_forces_in_obs:
-            forces = np.clip(self._cfrc[:, 1:], *self.spec.contact_force_range)
-            obs[:, m.nq - k + m.nv :] = forces.reshape(self.num_envs, -1)
+            forces = np.clip(self._cfrc[:, 1:], *self.spec.contact_force_range).reshape(self.num_envs, -1)
+            obs[:, m.nq - k + m.nv : m.nq - k + m.nv + forces.shape[1]] = forces
+        if self.spec.com_body is not None:
+            obs[:, -3:] = self._com
         return obs
 
     def _to_tensor(self, x: np.ndarray, *shape: int) -> torch.Tensor:

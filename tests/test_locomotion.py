@@ -294,6 +294,38 @@ def test_out_of_range_actions_move_and_cost_like_clipped_ones(env_id: str, ctrl:
         assert rew_w == rew_c
 
 
+@pytest.mark.parametrize("env_id", ["metarl/HalfCheetahVel-v0", "metarl/HalfCheetahDir-v0"])
+def test_reference_code_observation_appends_the_centre_of_mass(env_id: str) -> None:
+    """``include_torso_com_in_observation``: cbfinn/maml_rl's 20-value observation, single and batched."""
+    plain = gym.make(env_id).unwrapped
+    env = gym.make(env_id, include_torso_com_in_observation=True).unwrapped
+    assert env.observation_space.shape == (20,) and plain.observation_space.shape == (17,)
+    task = env.sample_tasks(1, seed=0)[0]
+    env.reset(seed=3, options={"task": task})
+    plain.reset(seed=3, options={"task": task})
+    probe = mujoco.MjData(env.model)
+    mass = env.model.body_mass[1:, None]
+    with env.make_batched([task], 2, seed=0, num_threads=1, dtype=torch.float64) as batch:
+        obs_b = batch.reset()
+        assert obs_b.shape == (1, 2, 20)
+        for e in (env, plain):
+            mujoco.mj_resetData(e.model, e.data)
+            e.set_state(batch.qpos[0].copy(), batch.qvel[0].copy())
+        np.testing.assert_allclose(obs_b[0, 0].numpy(), env._get_obs(), rtol=0, atol=1e-12)
+        for action in _actions(env, 25, seed=4):
+            obs, reward, *_ = env.step(action)
+            obs_plain, reward_plain, *_ = plain.step(action)
+            obs_b, rew_b, _, _ = batch.step(torch.from_numpy(np.broadcast_to(action, (1, 2, 6)).copy()))
+            np.testing.assert_array_equal(obs[:17], obs_plain)  # same dynamics and reward
+            assert reward == reward_plain
+            np.testing.assert_allclose(obs_b[0, 0].numpy(), obs, rtol=0, atol=1e-12)
+            probe.qpos[:] = env.data.qpos  # the mass-weighted mean of the bodies' centres of mass
+            mujoco.mj_forward(env.model, probe)
+            com = (mass * probe.xipos[1:]).sum(0) / mass.sum()
+            np.testing.assert_allclose(obs[17:], com, rtol=0, atol=1e-10)
+    assert obs[17] != pytest.approx(obs_plain[0])  # x of the centre of mass is new information
+
+
 def test_batched_api() -> None:
     family = gym.make("metarl/AntDir-v0").unwrapped
     tasks = family.sample_tasks(3, seed=0)
