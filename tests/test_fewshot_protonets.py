@@ -76,10 +76,12 @@ def test_matching_nets_attention_and_learning(tmp_path: Path, fce: bool) -> None
     torch.manual_seed(0)
     dataset, train, test = load_image_folder(make_image_folder(tmp_path, 10, 6, 6))
     tasks = EpisodeSampler(dataset, train, test, EpisodeShape(5, 1, 3), EpisodeShape(5, 1, 3))
-    config = MatchingNetsConfig(meta_batch_size=2, hidden_channels=16, fce=fce, attention_scale=5.0)
+    config = MatchingNetsConfig(
+        meta_batch_size=2, hidden_channels=16, fce=fce, similarity="cosine", attention_scale=5.0
+    )
     learner = MatchingNets(config, tasks, torch.device("cpu"))
     rng = np.random.default_rng(0)
-    losses = [learner.meta_update(tasks.sample(2, split="train", rng=rng))["losses/loss"] for _ in range(20)]
+    losses = [learner.meta_update(tasks.sample(2, split="train", rng=rng))["losses/loss"] for _ in range(40)]
     assert np.mean(losses[-5:]) < np.mean(losses[:5])
     curve = adaptation_curve(learner, tasks.held_out(20, seed=0), 1).mean(dim=1)
     assert curve[0] == pytest.approx(0.2) and curve[1] > 0.7

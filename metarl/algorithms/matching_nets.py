@@ -4,6 +4,23 @@ Vinyals, Blundell, Lillicrap, Kavukcuoglu & Wierstra (2016), "Matching Networks 
 arXiv:1606.04080. The prediction for a query ``x̂`` is a mixture of the support labels (eq. 1),
 ``P(ŷ | x̂, S) = Σ_i a(x̂, x_i) y_i``, with the attention a softmax over cosine similarities of embeddings,
 ``a(x̂, x_i) = softmax_i(c(f(x̂), g(x_i)))`` (eq. 2). Both embeddings are the conv4 of the paper (§4.1.1).
+
+**The similarity ``c`` and its temperature** (``similarity``, ``attention_scale``, ``learn_scale``). Conv4's
+embeddings end in ReLU → max-pool, so they are non-negative and every cosine lies in ``[0, 1]``: with the
+literal eq. 2 (``softmax`` of plain cosines) the right support item of a 5-way 1-shot episode can never get
+more than ``e/(e+4) = 0.405`` of the attention (``e/(e+19) = 0.125`` at 20-way), the loss cannot fall below
+0.905 and its gradient never vanishes. Two cures, both here:
+
+- ``"support_cosine"`` (the default): ``c(f, g) = f·g / |g|`` — only the support side is normalised, as in the
+  public reimplementations (e.g. gitabcworld/MatchingNetworks' ``DistanceNetwork``); the query's norm ``|f|``
+  acts as a learned, per-query inverse temperature, so the attention can become as sharp as the data allow.
+- ``"cosine"``: the paper's cosine times an inverse temperature ``attention_scale`` (fixed, or learned from
+  that starting value with ``learn_scale``; ~10 works, 1 is the literal eq. 2 and its 0.405 ceiling).
+
+Short Omniglot runs (``experiments/fewshot_report.md``) put ``"support_cosine"`` ahead; the presets use it.
+In training the support and query images of the meta-batch go through the network as **one batch**, so both
+see the same BatchNorm statistics (as Prototypical Networks do); ``lr_halve_every`` halves Adam's step size on
+a fixed schedule of episodes (Snell et al.'s schedule; the Matching Networks paper gives none).
 With **full context embeddings** (FCE, §2.1.2 and App. A) the support embeddings are re-read by a
 bidirectional LSTM over the support set, ``g(x_i) = h⃗_i + h⃖_i + g'(x_i)``, and each query embedding is refined
 by an attention LSTM that attends over them for ``fce_steps`` steps:
@@ -20,15 +37,18 @@ Logged metrics (TensorBoard tags, x-axis = training episodes seen):
 - ``meta_train/accuracy_pre_adapt``: chance, ``1/N`` (no support set read yet).
 - ``meta_train/accuracy_post_adapt``: query accuracy of the training episodes.
 - ``losses/loss``: the query negative log-likelihood of eq. 1.
+- ``losses/lr``: Adam's step size (``lr_halve_every``).
+- ``meta_train/attention_scale``: the inverse temperature (learned with ``learn_scale``).
 - ``time/iteration_s``: the whole meta-iteration.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +70,12 @@ class MatchingNetsConfig:
         lr: Adam step size (1e-3).
         fce: full context embeddings (off for Omniglot in the paper's best numbers; on for miniImageNet).
         fce_steps: unrolling steps of the attention LSTM (the paper's K; 0: the support-set size).
-        attention_scale: multiplier of the cosine similarities inside the softmax (1: the paper's eq. 2).
+        similarity: ``"support_cosine"`` (``f·g/|g|``; the query norm is a learned inverse temperature) or
+            ``"cosine"`` (eq. 2's cosine times ``attention_scale``); see the module docstring.
+        attention_scale: inverse temperature multiplying the similarities inside the softmax (with
+            ``"cosine"``: 1 is the literal eq. 2, capped at ``e/(e+N−1)``; ~10 lets it reach 1).
+        learn_scale: learn the inverse temperature (its log) with Adam, starting from ``attention_scale``.
+        lr_halve_every: episodes between halvings of Adam's step size (0: a constant step size).
         hidden_channels: filters of each conv4 block (64).
         eval_chunk: episodes embedded at once at evaluation (memory only).
     """
@@ -59,21 +84,34 @@ class MatchingNetsConfig:
     lr: float = 1e-3
     fce: bool = False
     fce_steps: int = 0
+    similarity: Literal["support_cosine", "cosine"] = "support_cosine"
     attention_scale: float = 1.0
+    learn_scale: bool = False
+    lr_halve_every: int = 0
     hidden_channels: int = 64
     eval_chunk: int = 50
 
     def __post_init__(self) -> None:
         checks.positive(self, "meta_batch_size", "lr", "attention_scale", "hidden_channels", "eval_chunk")
-        if self.fce_steps < 0:
-            raise ValueError(f"fce_steps must be >= 0, got {self.fce_steps}")
+        checks.at_least(self, 0, "fce_steps", "lr_halve_every")
+        if self.similarity not in ("support_cosine", "cosine"):
+            raise ValueError(f"similarity must be 'support_cosine' or 'cosine', got {self.similarity!r}")
 
 
 # -- the math ------------------------------------------------------------------------------------------
-def cosine_attention(query: torch.Tensor, support: torch.Tensor, scale: float) -> torch.Tensor:
-    """``softmax_i(scale · cos(q_m, s_i))``: ``query [T, M, D]``, ``support [T, S, D]`` → ``[T, M, S]``."""
-    q, s = F.normalize(query, dim=-1), F.normalize(support, dim=-1)
-    return torch.softmax(scale * q @ s.transpose(1, 2), dim=-1)
+def similarities(query: torch.Tensor, support: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """``c(q_m, s_i)``: ``cos(q_m, s_i)`` for ``"cosine"``, ``q_m·s_i/|s_i|`` for ``"support_cosine"``;
+    ``query [T, M, D]``, ``support [T, S, D]`` → ``[T, M, S]``."""
+    s = F.normalize(support, dim=-1)
+    q = F.normalize(query, dim=-1) if kind == "cosine" else query
+    return q @ s.transpose(1, 2)
+
+
+def cosine_attention(
+    query: torch.Tensor, support: torch.Tensor, scale: float | torch.Tensor, kind: str = "cosine"
+) -> torch.Tensor:
+    """Eq. 2 with an inverse temperature: ``softmax_i(scale · c(q_m, s_i))`` → ``[T, M, S]``."""
+    return torch.softmax(scale * similarities(query, support, kind), dim=-1)
 
 
 def label_mixture(attention: torch.Tensor, support_y: torch.Tensor, ways: int) -> torch.Tensor:
@@ -129,25 +167,40 @@ class MatchingNets(MetaLearner[FewShotBatch, MatchingState]):
         self.config, self.tasks, self.device = config, tasks, device
         self.net = Conv4(tuple(tasks.dataset.images.shape[1:]), config.hidden_channels).to(device)
         self.fce = FullContextEmbedding(self.net.feature_dim).to(device) if config.fce else None
+        # the inverse temperature, as a log so that a learned one stays positive
+        self.log_scale = torch.tensor(math.log(config.attention_scale), device=device)
+        self.log_scale.requires_grad_(config.learn_scale)
         params = list(self.net.parameters()) + (list(self.fce.parameters()) if self.fce else [])
+        if config.learn_scale:
+            params.append(self.log_scale)
         self.optimizer = torch.optim.Adam(params, lr=config.lr)
+        self.episodes_seen = 0
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         tasks, m = images.shape[:2]
         return self.net(images.flatten(0, 1)).reshape(tasks, m, -1)
 
     def read_support(self, support_x: torch.Tensor) -> torch.Tensor:
-        g = self.embed(support_x)
+        return self.context(self.embed(support_x))
+
+    def context(self, g: torch.Tensor) -> torch.Tensor:
+        """The support memory ``g(x_i)`` from the conv4 embeddings ``[T, S, D]`` (FCE's BiLSTM, if on)."""
         return self.fce.support(g) if self.fce else g
+
+    def attend(
+        self, f: torch.Tensor, memory: torch.Tensor, support_y: torch.Tensor, ways: int
+    ) -> torch.Tensor:
+        """Class probabilities ``[T, M, N]`` of query embeddings ``f [T, M, D]`` given the support memory."""
+        if self.fce:
+            f = self.fce.query(f, memory, self.config.fce_steps or memory.shape[1])
+        attention = cosine_attention(f, memory, self.log_scale.exp(), self.config.similarity)
+        return label_mixture(attention, support_y, ways)
 
     def predict(
         self, query_x: torch.Tensor, memory: torch.Tensor, support_y: torch.Tensor, ways: int
     ) -> torch.Tensor:
         """Class probabilities ``[T, M, N]`` of the queries given the read support set."""
-        f = self.embed(query_x)
-        if self.fce:
-            f = self.fce.query(f, memory, self.config.fce_steps or memory.shape[1])
-        return label_mixture(cosine_attention(f, memory, self.config.attention_scale), support_y, ways)
+        return self.attend(self.embed(query_x), memory, support_y, ways)
 
     # -- inner loop ----------------------------------------------------------------------------------
     def initial(self, tasks: Sequence[Episode]) -> MatchingState:
@@ -192,32 +245,55 @@ class MatchingNets(MetaLearner[FewShotBatch, MatchingState]):
     # -- outer loop ----------------------------------------------------------------------------------
     def meta_update(self, tasks: Sequence[Episode]) -> dict[str, float]:
         start = time.perf_counter()
+        c = self.config
+        lr = c.lr * 0.5 ** (self.episodes_seen // c.lr_halve_every) if c.lr_halve_every else c.lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
         self.net.train()
         batch, ways = self.tasks.batch(tasks, self.device), tasks[0].ways
-        probs = self.predict(batch.query_x, self.read_support(batch.support_x), batch.support_y, ways)
+        n_support = batch.support_x.shape[1]
+        emb = self.embed(torch.cat([batch.support_x, batch.query_x], dim=1))  # one BatchNorm batch
+        probs = self.attend(emb[:, n_support:], self.context(emb[:, :n_support]), batch.support_y, ways)
         loss = F.nll_loss(probs.clamp_min(1e-8).log().flatten(0, 1), batch.query_y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        self.episodes_seen += len(tasks)
         return {
             "env_steps": float(len(tasks)),
             "meta_train/accuracy_pre_adapt": 1.0 / ways,
             "meta_train/accuracy_post_adapt": float((probs.argmax(-1) == batch.query_y).float().mean()),
+            "meta_train/attention_scale": float(self.log_scale.detach().exp()),
             "losses/loss": float(loss.detach()),
+            "losses/lr": lr,
             "time/iteration_s": time.perf_counter() - start,
         }
 
+    def generators(self) -> tuple[()]:
+        """None: episodes carry their data and the learner draws no random numbers."""
+        return ()
+
     def state_dict(self) -> dict[str, Any]:
-        state = {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+        state = {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "log_scale": self.log_scale.detach().clone(),
+            "episodes_seen": self.episodes_seen,
+        }
         if self.fce:
             state["fce"] = self.fce.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; one written before ``log_scale``/``episodes_seen`` existed keeps the
+        configured scale and a count of 0."""
         self.net.load_state_dict(state["net"])
         if self.fce:
             self.fce.load_state_dict(state["fce"])
         self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            self.log_scale.copy_(state.get("log_scale", self.log_scale))
+        self.episodes_seen = int(state.get("episodes_seen", 0))
 
 
 def build(config: Any, device: torch.device) -> tuple[EpisodeSampler, MatchingNets]:
