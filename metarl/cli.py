@@ -2,8 +2,10 @@
 
 It parses arguments and calls ``metarl.run`` / ``metarl.compare``.
 
-Every user error (bad config, unknown family, corrupted checkpoint, …) ends with one line on stderr and
-exit code 2, without a traceback and without touching an existing run dir.
+Every user error (bad config, unknown family, corrupted checkpoint, unwritable or full disk, …) ends with one
+line on stderr and exit code 2, without a traceback and without touching an existing run dir. Exit codes:
+0 success, 2 bad input / file / environment, 3 a non-finite value (the run diverged, or a checkpoint holds
+NaN), 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+from metarl.config import MAX_TASKS
 from metarl.errors import MetarlError
 
 
@@ -48,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue the run in --run-dir from its last checkpoint",
     )
+    _trust_code(train)
 
     ev = sub.add_parser("evaluate", help="adaptation table of a trained run on held-out tasks")
     ev.add_argument("run_dir", type=Path)
@@ -56,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--steps", type=int, default=3, help="adaptation steps (the curve covers 0..steps)")
     ev.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
     ev.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    _trust_code(ev)
 
     cmp = sub.add_parser(
         "compare", help="learning from scratch vs transfer vs meta-learning on the same held-out tasks"
@@ -72,9 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", type=Path, help="output directory (default: runs/compare/<config name>)")
     cmp.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override compare.device")
     cmp.add_argument("--data-root", help="override data.root (supervised data sets)")
+    _trust_code(cmp)
 
     sub.add_parser("list", help="task families and algorithms")
     return parser
+
+
+def _trust_code(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a run dir's config.json to import the Python module its env.id names "
+        "('module:Class'); without it such a run dir is refused (default: off)",
+    )
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -88,10 +103,8 @@ def _train(args: argparse.Namespace) -> None:
             raise MetarlError(
                 "train needs CONFIG (or --resume --run-dir DIR to continue a run with its own config)"
             )
-        path = args.run_dir / run.CONFIG_FILE
-        if not path.is_file():
-            raise MetarlError(f"cannot resume {str(args.run_dir)!r}: it holds no {run.CONFIG_FILE}")
-        raw = json.loads(path.read_text())
+        raw = run.read_config(args.run_dir, "cannot resume")
+        run.require_trust(raw, args.run_dir / run.CONFIG_FILE, args.trust_code)
     else:
         raw = cfg.load_toml(args.config)
     overrides = list(args.overrides)
@@ -113,8 +126,16 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise MetarlError(f"--num-tasks must be >= 2 for a confidence interval, got {args.num_tasks}")
     if args.steps < 0:
         raise MetarlError(f"--steps must be >= 0, got {args.steps}")
+    if args.num_tasks is not None and args.num_tasks > MAX_TASKS:
+        raise MetarlError(f"--num-tasks must be <= {MAX_TASKS}, got {args.num_tasks}")
     _, paths = run.evaluate(
-        args.run_dir, args.split, args.num_tasks, args.steps, args.checkpoint, args.device
+        args.run_dir,
+        args.split,
+        args.num_tasks,
+        args.steps,
+        args.checkpoint,
+        args.device,
+        trust_code=args.trust_code,
     )
     print("wrote " + ", ".join(str(p) for p in paths.values()))
 
@@ -127,7 +148,7 @@ def _compare(args: argparse.Namespace) -> None:
         overrides.append(f"compare.device='{args.device}'")
     spec = compare.load(args.config, overrides)
     out = args.out or Path("runs") / "compare" / Path(args.config).stem
-    compare.run_compare(spec, out, args.data_root)
+    compare.run_compare(spec, out, args.data_root, trust_code=args.trust_code)
 
 
 def _list() -> None:
@@ -164,6 +185,13 @@ def main(argv: list[str] | None = None) -> int:
             _list()
     except MetarlError as exc:
         print(f"metarl: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:  # read-only or full disk, a run dir that is a file, permissions, ...
+        where = f": {exc.filename!r}" if exc.filename else ""
+        print(f"metarl: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("metarl: error: out of memory; lower algo.meta_batch_size or the batch sizes", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("metarl: interrupted", file=sys.stderr)

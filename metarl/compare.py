@@ -56,6 +56,7 @@ and the resolved config ``config.json``.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import time
@@ -67,7 +68,7 @@ import numpy as np
 import torch
 
 from envs.base import Task
-from metarl import checks
+from metarl import atomic, checks
 from metarl.config import DataConfig, Device, EnvConfig, build_dataclass, load_toml, resolve
 from metarl.errors import ConfigError
 from metarl.evaluation import AdaptationCurve, evaluate_adaptation, mean_ci95
@@ -330,8 +331,14 @@ class Comparison:
         )
 
 
-def _load_meta(method: MetaMethod, device: str, data_root: str | None) -> Any:
-    """A meta-learner run, trained first from ``method.config`` when ``method.run`` does not exist."""
+def _load_meta(
+    method: MetaMethod, device: str, data_root: str | None, trust_code: bool = False, env_id: str | None = None
+) -> Any:
+    """A meta-learner run, trained first from ``method.config`` when ``method.run`` does not exist.
+
+    A run dir whose config imports a user module (``env.id = "module:Class"``) is loaded only with
+    ``trust_code`` or when that id is the comparison's own ``[env] id`` (already trusted: it is the user's).
+    """
     from metarl import run as runs
 
     run_dir = Path(method.run) if method.run else None
@@ -344,7 +351,11 @@ def _load_meta(method: MetaMethod, device: str, data_root: str | None) -> Any:
         config = resolve(load_toml(method.config), [*overrides, f"run.device='{device}'"])
         print(f"training {method.name or config.algo_name} from {method.config}")
         run_dir = runs.train(config, run_dir)
-    return runs.load_run(run_dir, method.checkpoint, device, overrides)
+        trust_code = True  # trained from the user's own config just now
+    elif env_id is not None:
+        saved_env = runs.read_config(run_dir, "not a run dir:").get("env")
+        trust_code = trust_code or (isinstance(saved_env, dict) and saved_env.get("id") == env_id)
+    return runs.load_run(run_dir, method.checkpoint, device, overrides, trust_code=trust_code)
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
@@ -353,7 +364,7 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def compare_rl(spec: CompareSpec, device: torch.device) -> Comparison:
+def compare_rl(spec: CompareSpec, device: torch.device, trust_code: bool = False) -> Comparison:
     """Every RL method on the same held-out tasks and budgets (env steps)."""
     from metarl.baselines import sb3_ppo
     from metarl.families import FamilyTaskSampler, env_factory, horizon_of
@@ -386,7 +397,7 @@ def compare_rl(spec: CompareSpec, device: torch.device) -> Comparison:
         return MethodCurve(name, paradigm, budgets, summarise(values, "return"), seconds)
 
     for method in spec.meta:
-        exp = _load_meta(method, str(device), None)
+        exp = _load_meta(method, str(device), None, trust_code, env.id)
         trained_on = exp.config.env
         if trained_on is None or (trained_on.id, trained_on.kwargs, trained_on.max_episode_steps) != (
             env.id,
@@ -533,7 +544,9 @@ def with_shots(sampler: Any, shots: int) -> Any:
     )
 
 
-def compare_supervised(spec: CompareSpec, device: torch.device, data_root: str | None) -> Comparison:
+def compare_supervised(
+    spec: CompareSpec, device: torch.device, data_root: str | None, trust_code: bool = False
+) -> Comparison:
     """Every supervised method on the same held-out episodes at each number of shots."""
     from metarl.data import SinusoidSampler, build_sampler
     from metarl.run import Experiment
@@ -560,7 +573,7 @@ def compare_supervised(spec: CompareSpec, device: torch.device, data_root: str |
         curves.append(MethodCurve(name, paradigm, budgets, summarise(np.array(rows), metric), seconds))
 
     for method in spec.meta:
-        exp = _load_meta(method, str(device), data.root)
+        exp = _load_meta(method, str(device), data.root, trust_code)
         measure(
             method.name or exp.config.algo_name,
             "meta",
@@ -568,7 +581,7 @@ def compare_supervised(spec: CompareSpec, device: torch.device, data_root: str |
             method.steps or exp.config.run.eval_steps,
         )
     if spec.transfer is not None:
-        exp = _load_meta(spec.transfer, str(device), data.root)
+        exp = _load_meta(spec.transfer, str(device), data.root, trust_code)
         if exp.config.algo_name != "transfer":
             raise ConfigError(f"[transfer] run must be a 'transfer' run, got algo {exp.config.algo_name!r}")
         steps = spec.transfer.steps or exp.config.run.eval_steps
@@ -606,8 +619,13 @@ def compare_supervised(spec: CompareSpec, device: torch.device, data_root: str |
     )
 
 
-def run_compare(spec: CompareSpec, out_dir: Path, data_root: str | None = None) -> dict[str, Path]:
-    """Run the comparison ``spec`` describes and write its outputs into ``out_dir``."""
+def run_compare(
+    spec: CompareSpec, out_dir: Path, data_root: str | None = None, trust_code: bool = False
+) -> dict[str, Path]:
+    """Run the comparison ``spec`` describes and write its outputs into ``out_dir`` (each file atomically).
+
+    ``trust_code`` lets meta-learner run dirs from elsewhere import the module their ``env.id`` names.
+    """
     from metarl.run import resolve_device
 
     if spec.compare.num_threads:
@@ -615,9 +633,13 @@ def run_compare(spec: CompareSpec, out_dir: Path, data_root: str | None = None) 
     device = resolve_device(spec.compare.device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+    atomic.write_text(out_dir / "config.json", json.dumps(spec.to_dict(), indent=2) + "\n")
     start = time.perf_counter()
-    result = compare_rl(spec, device) if spec.env is not None else compare_supervised(spec, device, data_root)
+    result = (
+        compare_rl(spec, device, trust_code)
+        if spec.env is not None
+        else compare_supervised(spec, device, data_root, trust_code)
+    )
     paths = write(result, out_dir)
     print(f"\n{paradigm_table(result)}\n")
     written = ", ".join(str(p) for p in paths.values())
@@ -764,9 +786,11 @@ def write(result: Comparison, out_dir: Path, tensorboard: bool = True) -> dict[s
     from torch.utils.tensorboard import SummaryWriter
 
     paths = {ext: out_dir / f"compare.{ext}" for ext in ("json", "md", "png")}
-    paths["json"].write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    paths["md"].write_text(markdown(result))
-    plot(result, paths["png"])
+    atomic.write_text(paths["json"], json.dumps(result.to_dict(), indent=2) + "\n")
+    atomic.write_text(paths["md"], markdown(result))
+    png = io.BytesIO()
+    plot(result, png)  # type: ignore[arg-type]  # matplotlib writes PNG to a file object
+    atomic.write_bytes(paths["png"], png.getvalue())
     if tensorboard:
         writer = SummaryWriter(log_dir=str(out_dir / "tb"))
         for c in result.curves:

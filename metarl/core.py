@@ -28,8 +28,9 @@ be sharded across processes without touching the algorithms.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
-from typing import Any, Generic, TypeVar
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, TypeVar, Union
 
 import numpy as np
 import torch
@@ -38,6 +39,8 @@ from envs.base import Task
 
 Adapted = TypeVar("Adapted")
 Support = TypeVar("Support")
+#: A source of random numbers a learner draws from.
+RandomGenerator = Union[torch.Generator, np.random.Generator]
 
 
 class TaskSampler(abc.ABC):
@@ -115,6 +118,17 @@ class MetaLearner(abc.ABC, Generic[Support, Adapted]):
         """
         raise NotImplementedError(f"{type(self).__name__} does not report its adaptation cost in env steps")
 
+    def generators(self) -> Sequence[RandomGenerator]:
+        """Every random generator the learner draws from (``torch.Generator`` / ``np.random.Generator``),
+        including those of its rollout sampler and environments, in a fixed order.
+
+        :func:`evaluation_randomness` reseeds them for an evaluation and restores them afterwards, so that
+        evaluating never consumes the training streams: training is the same whatever the evaluation
+        cadence, and an evaluation gives the same numbers whenever it runs. A learner that draws random
+        numbers must list every generator here; the default (none) is right only for deterministic learners.
+        """
+        return ()
+
     # -- persistence ----------------------------------------------------------------------------------
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -123,6 +137,42 @@ class MetaLearner(abc.ABC, Generic[Support, Adapted]):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
+
+
+def _derived_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for generator ``index`` of an evaluation with ``seed`` (independent streams)."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+@contextlib.contextmanager
+def evaluation_randomness(learner: MetaLearner[Any, Any], seed: int) -> Iterator[None]:
+    """Run the block (an evaluation) with the learner's generators reseeded from ``seed``, then restore them.
+
+    Each generator of :meth:`MetaLearner.generators` gets the state of a fresh generator seeded with
+    ``(seed, its index)``, and torch's global RNG is forked, so the block's random numbers depend only on
+    ``seed`` — not on when the evaluation runs or on how far training has gone — and the training streams
+    continue afterwards exactly where they were. Used by the trainer's periodic evaluation and by
+    ``metarl evaluate`` (with the run's ``eval_seed``).
+    """
+    generators = list(learner.generators())
+    saved = [g.get_state() if isinstance(g, torch.Generator) else g.bit_generator.state for g in generators]
+    cuda = [d.index or 0 for d in [getattr(learner, "device", torch.device("cpu"))] if d.type == "cuda"]
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(_derived_seed(seed, len(generators)))
+            for index, g in enumerate(generators):
+                if isinstance(g, torch.Generator):
+                    g.manual_seed(_derived_seed(seed, index))
+                else:
+                    bits = type(g.bit_generator)(np.random.SeedSequence([int(seed), index]))
+                    g.bit_generator.state = bits.state
+            yield
+    finally:
+        for g, state in zip(generators, saved, strict=True):
+            if isinstance(g, torch.Generator):
+                g.set_state(state)
+            else:
+                g.bit_generator.state = state
 
 
 def adaptation_curve(learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int) -> torch.Tensor:

@@ -291,13 +291,20 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("METARL_CACHE", Path.home() / ".cache" / "metarl"))
 
 
-def _load_image(path: Path, size: int) -> np.ndarray:
-    """A grey-scale image resized to ``size × size``, inverted so that ink is 255 and paper 0."""
+def _load_image(path: Path, size: int, mode: str = "L") -> np.ndarray:
+    """An image resized to ``size × size``: grey-scale (``mode="L"``) inverted so that ink is 255 and
+    paper 0, or RGB ``[3, size, size]``. A file that cannot be decoded is a one-line :class:`ConfigError`
+    naming it."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        im = im.convert("L").resize((size, size), Image.Resampling.LANCZOS)
-        return 255 - np.asarray(im, dtype=np.uint8)
+    try:
+        with Image.open(path) as im:
+            im = im.convert(mode).resize((size, size), Image.Resampling.LANCZOS)
+            pixels = np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise ConfigError(f"image {str(path)!r} cannot be decoded ({reason}); replace or remove it") from None
+    return 255 - pixels if mode == "L" else pixels.transpose(2, 0, 1)
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -319,12 +326,18 @@ def _omniglot_characters(root: Path, size: int, cache_dir: Path) -> tuple[np.nda
         c for h in halves for a in (root / h).iterdir() if a.is_dir() for c in a.iterdir() if c.is_dir()
     )
     names = [str(f.relative_to(root)) for f in folders]
-    key = hashlib.sha1(f"{root.resolve()}|{size}|{'|'.join(names)}".encode()).hexdigest()[:12]
+    files = [_image_files(f) for f in folders]
+    # keyed by every image's name, size and modification time: a replaced or corrupted file is decoded anew
+    stats = "|".join(f"{p.name}:{st.st_size}:{st.st_mtime_ns}" for fs in files for p in fs for st in [p.stat()])
+    key = hashlib.sha1(f"{root.resolve()}|{size}|{'|'.join(names)}|{stats}".encode()).hexdigest()[:12]
     cache = cache_dir / f"omniglot_{size}px_{key}.npz"
     if cache.is_file():
-        with np.load(cache) as data:
-            return data["images"], list(data["names"])
-    per_char = [[_load_image(p, size) for p in _image_files(f)] for f in folders]
+        try:
+            with np.load(cache) as data:
+                return data["images"], list(data["names"])
+        except (OSError, ValueError, KeyError, EOFError):
+            pass  # a damaged cache: decode again and replace it
+    per_char = [[_load_image(p, size) for p in fs] for fs in files]
     counts = {len(c) for c in per_char}
     if len(counts) != 1 or 0 in counts:
         raise ConfigError(
@@ -341,7 +354,22 @@ def _omniglot_characters(root: Path, size: int, cache_dir: Path) -> tuple[np.nda
 def _read_split_file(path: Path) -> list[str]:
     if not path.is_file():
         raise ConfigError(f"split file {str(path)!r} is missing; expected {OMNIGLOT_LAYOUT}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise ConfigError(f"split file {str(path)!r} is not text; expected {OMNIGLOT_LAYOUT}") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _vinyals_split(path: Path, by_name: dict[str, int]) -> list[tuple[int, int]]:
+    """The ``(character, angle)`` classes of a Vinyals split file; a bad line names the file and line."""
+    classes = []
+    for number, line in enumerate(_read_split_file(path), 1):
+        try:
+            classes.append(_parse_vinyals(line, by_name))
+        except ConfigError as exc:
+            raise ConfigError(f"split file {str(path)!r} entry {number}: {exc}") from None
+    return classes
 
 
 def load_omniglot(
@@ -368,8 +396,8 @@ def load_omniglot(
     by_name = {n.split("/", 1)[1]: i for i, n in enumerate(names)}  # "Alphabet/characterNN" -> index
     if split == "vinyals":
         split_dir = root / "splits" / "vinyals"
-        train = [_parse_vinyals(line, by_name) for line in _read_split_file(split_dir / "train.txt")]
-        test = [_parse_vinyals(line, by_name) for line in _read_split_file(split_dir / "test.txt")]
+        train = _vinyals_split(split_dir / "train.txt", by_name)
+        test = _vinyals_split(split_dir / "test.txt", by_name)
         if not rotations:
             train = [c for c in train if c[1] == 0]
     elif split == "maml":
@@ -399,9 +427,12 @@ def load_omniglot(
 
 def _parse_vinyals(line: str, by_name: dict[str, int]) -> tuple[int, int]:
     """``"Angelic/character01/rot090"`` → ``(character index, 90)``."""
-    alphabet, character, rot = line.split("/")
+    parts = line.split("/")
+    if len(parts) != 3 or not parts[2].startswith("rot") or not parts[2][3:].isdigit():
+        raise ConfigError(f"{line!r} is not 'Alphabet/characterNN/rotDDD'")
+    alphabet, character, rot = parts
     key = f"{alphabet}/{character}"
-    if key not in by_name or not rot.startswith("rot"):
+    if key not in by_name:
         raise ConfigError(f"split entry {line!r} names no character of the data; expected {OMNIGLOT_LAYOUT}")
     return by_name[key], int(rot[3:])
 
@@ -419,7 +450,10 @@ def _append_lake_runs(dataset: ClassDataset, root: Path, size: int) -> tuple[Cla
     new_images, examples, names, episodes = [], list(dataset.class_examples), list(dataset.class_names), []
     offset = dataset.images.shape[0]
     for run in runs:
-        pairs = [line.split() for line in _read_split_file(run / "class_labels.txt")]
+        labels = run / "class_labels.txt"
+        pairs = [line.split() for line in _read_split_file(labels)]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ConfigError(f"{str(labels)!r}: every line must be 'test/itemNN.png training/classNN.png'")
         pairs.sort(key=lambda p: p[1])  # by training class, so episode label i is class i+1
         first_class = len(examples)
         for test_item, train_item in pairs:
@@ -451,8 +485,6 @@ def load_image_folder(
     ``size × size``, grey-scale (``channels=1``, inverted like Omniglot: dark ink → high values) or RGB
     (``channels=3``, not inverted).
     """
-    from PIL import Image
-
     root = Path(root)
     splits = [root / "train", root / "test"]
     if not str(root) or not all(s.is_dir() for s in splits):
@@ -474,9 +506,7 @@ def load_image_folder(
                 if channels == 1:
                     images.append(_load_image(path, size)[None])
                 else:
-                    with Image.open(path) as im:
-                        rgb = im.convert("RGB").resize((size, size), Image.Resampling.LANCZOS)
-                        images.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+                    images.append(_load_image(path, size, "RGB"))
             examples.append(np.arange(start, len(images)))
             names.append(f"{split.name}/{folder.name}")
     if 0 in counts:

@@ -8,6 +8,7 @@ half-width of a 95% Student-t confidence interval. Results serialise to JSON, Ma
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from envs.base import Task
+from metarl import atomic
 from metarl.core import MetaLearner, adaptation_curve
 
 # Two-sided 95% quantiles of Student's t for small samples; larger df use a Cornish-Fisher expansion.
@@ -136,7 +138,10 @@ def write_report(
     """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
-    paths["json"].write_text(json.dumps({name: c.to_dict() for name, c in curves.items()}, indent=2) + "\n")
-    paths["md"].write_text(f"# {title}\n\n{markdown_table(curves)}\n")
-    plot(curves, paths["png"], title)
+    document = json.dumps({name: c.to_dict() for name, c in curves.items()}, indent=2) + "\n"
+    atomic.write_text(paths["json"], document)  # every file whole or not at all (metarl.atomic)
+    atomic.write_text(paths["md"], f"# {title}\n\n{markdown_table(curves)}\n")
+    png = io.BytesIO()
+    plot(curves, png, title)  # type: ignore[arg-type]  # matplotlib writes PNG to a file object
+    atomic.write_bytes(paths["png"], png.getvalue())
     return paths

@@ -9,15 +9,27 @@ A run directory holds::
     checkpoints/latest.pt, checkpoints/best.pt
     eval/              written by `metarl evaluate`
 
+    .lock              the writer lock (flock; holds the writer's PID)
+
 ``train(..., resume=True)`` continues a killed run from ``checkpoints/latest.pt``: the learner, its
 optimiser and every random generator are restored, and whatever the killed run logged after that
 checkpoint is dropped, so the final metrics equal those of an uninterrupted run (CPU, same seed). The
-config must be the run's own, except that ``run.iterations`` may grow: a finished run is extended.
+config must be the run's own, except that ``run.iterations`` may grow (a finished run is extended) and the
+evaluation / checkpoint cadence and thread count may change. Evaluation reseeds the learner's generators
+(:func:`metarl.core.evaluation_randomness`), so the cadence never changes training.
+
+Reliability: one writer per run dir (an OS lock), every file written atomically, every check of a resume
+done before anything changes, a checkpoint at iteration 0, and a stop with exit code 3 at the first
+non-finite value (README, "Reliability").
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
+import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,13 +42,20 @@ import torch
 from tqdm import tqdm
 
 from envs.base import Task
-from metarl import checkpoint
+from metarl import atomic, budget, checkpoint
 from metarl.algorithms import ALGORITHMS
 from metarl.config import ExperimentConfig, diff
-from metarl.core import MetaLearner, TaskSampler
-from metarl.errors import ConfigError, RunDirError
+from metarl.core import MetaLearner, TaskSampler, evaluation_randomness
+from metarl.errors import (
+    CheckpointError,
+    ConfigError,
+    MetarlError,
+    NonFiniteError,
+    RunDirError,
+    RunLockedError,
+)
 from metarl.evaluation import AdaptationCurve, evaluate_adaptation
-from metarl.logger import Logger, config_table
+from metarl.logger import Logger, config_table, rows_up_to
 
 CONFIG_FILE, TASKS_FILE, METRICS_FILE = "config.json", "tasks.json", "metrics.jsonl"
 
@@ -78,41 +97,81 @@ def default_run_dir(config: ExperimentConfig) -> Path:
     return Path("runs") / f"{family}__{config.algo_name}__s{config.run.seed}__{stamp}"
 
 
+def _is_empty(run_dir: Path) -> bool:
+    """No entries but what a writer killed before its first file leaves: the lock and temporaries."""
+    return all(p.name == LOCK_FILE or p.name.endswith(atomic.TMP_SUFFIX) for p in run_dir.iterdir())
+
+
 def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None:
     """Refuse, before writing anything, a run dir that would be overwritten or resumed wrongly."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run dir {str(run_dir)!r} exists and is not a directory")
     if not resume:
-        if run_dir.exists() and any(run_dir.iterdir()):
+        if run_dir.exists() and not _is_empty(run_dir):
             raise RunDirError(
                 f"run dir {str(run_dir)!r} already exists and is not empty; "
                 "pass --resume to continue it or choose another --run-dir"
             )
         return
-    saved_path = run_dir / CONFIG_FILE
-    if not saved_path.is_file():
-        raise RunDirError(f"cannot resume {str(run_dir)!r}: it holds no {CONFIG_FILE}")
-    try:
-        saved = json.loads(saved_path.read_text())
-    except json.JSONDecodeError:
-        raise RunDirError(f"cannot resume {str(run_dir)!r}: {CONFIG_FILE} is corrupted") from None
+    saved = read_config(run_dir, "cannot resume")
     # keys the saved config lacks were added to metarl after the run was written: they take their defaults
     changed = [key for key in diff(saved, config.to_dict()) if _has_key(saved, key)]
     # extending the budget, or changing how often it evaluates / checkpoints, leaves every state the run
     # resumes from unchanged
     changed = [key for key in changed if key not in RESUMABLE_CHANGES]
-    if config.run.iterations < saved["run"]["iterations"]:
+    saved_iterations = saved.get("run", {}).get("iterations") if isinstance(saved.get("run"), dict) else None
+    if isinstance(saved_iterations, int) and config.run.iterations < saved_iterations:
         changed.append("run.iterations")  # a budget is only ever extended
     if changed:
         raise RunDirError(
             f"cannot resume {str(run_dir)!r}: its config differs in {', '.join(changed)}; "
             "resume with the same config (or omit CONFIG to use the run's own)"
         )
-    if not (run_dir / "checkpoints" / "latest.pt").is_file():
-        raise RunDirError(f"cannot resume {str(run_dir)!r}: it holds no checkpoints/latest.pt")
+
+
+def read_config(run_dir: Path, what: str) -> dict[str, Any]:
+    """The raw ``config.json`` of a run dir (a JSON object), or a one-line :class:`RunDirError`."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise RunDirError(f"{what} {str(run_dir)!r}: it holds no {CONFIG_FILE}")
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise RunDirError(f"{what} {str(run_dir)!r}: {CONFIG_FILE} is corrupted") from None
+    if not isinstance(saved, dict):
+        raise RunDirError(f"{what} {str(run_dir)!r}: {CONFIG_FILE} is not a config (a JSON object)")
+    return saved
+
+
+def require_trust(raw: dict[str, Any], source: Path, trust_code: bool) -> None:
+    """Refuse a config read from a run dir (``source``) that would import a user's module, unless the user
+    passed ``--trust-code``: a run dir from elsewhere must not run code just by being evaluated or resumed.
+
+    Registered ids (``metarl/...``) import nothing outside metarl; ``env.id = "module:Class"`` (or
+    ``"module:EnvId"``) imports ``module``.
+    """
+    env = raw.get("env")
+    env_id = env.get("id") if isinstance(env, dict) else None
+    if trust_code or not isinstance(env_id, str) or ":" not in env_id:
+        return
+    import gymnasium as gym
+
+    if env_id in gym.registry:
+        return
+    module = env_id.partition(":")[0]
+    raise RunDirError(
+        f"{str(source)!r} names env.id {env_id!r}: using it would import the Python module {module!r}; "
+        "pass --trust-code if you trust this run dir"
+    )
 
 
 #: config keys a resumed run may change: its budget (only upwards), evaluation and checkpoint cadence, threads
-#: (not the device: learners keep device-bound random generators whose saved state only fits the old one)
+#: (not the device: learners keep device-bound random generators whose saved state only fits the old one).
+#: Evaluation draws from its own reseeded generators (``core.evaluation_randomness``), so the cadences leave
+#: training bit for bit the same; a different thread count may change floating-point reductions (documented
+#: as not exact).
 RESUMABLE_CHANGES = frozenset({"run.iterations", "run.eval_every", "run.checkpoint_every", "run.num_threads"})
+LOCK_FILE = ".lock"
 
 
 def _has_key(config: dict[str, Any], dotted: str) -> bool:
@@ -124,63 +183,235 @@ def _has_key(config: dict[str, Any], dotted: str) -> bool:
     return True
 
 
+def lock_run_dir(run_dir: Path) -> int:
+    """Take the run dir's writer lock (``flock`` on ``run_dir/.lock``) and return its file descriptor.
+
+    The kernel releases it when the process exits, however it dies. A second writer gets a one-line
+    :class:`RunLockedError` naming the PID that holds it. The PID is written into the file by
+    :func:`_claim_lock` once every check of a resume has passed, so a refused resume changes nothing.
+    """
+    path = run_dir / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _lock_holder(fd)
+        os.close(fd)
+        raise RunLockedError(
+            f"run dir {str(run_dir)!r} is being written by another metarl process (PID {holder}); "
+            "wait for it to finish or stop it, then resume"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _claim_lock(fd: int) -> None:
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+def _lock_holder(fd: int) -> str:
+    """The PID holding the flock on ``fd``'s file: from ``/proc/locks`` (Linux), else the file's content."""
+    inode = os.fstat(fd).st_ino
+    try:
+        for line in Path("/proc/locks").read_text().splitlines():
+            fields = line.split()
+            if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+                continue
+            if fields[5].rsplit(":", 1)[-1] == str(inode):
+                return fields[4]
+    except OSError:
+        pass
+    try:
+        return os.pread(fd, 32, 0).decode().strip() or "unknown"
+    except (OSError, UnicodeDecodeError):
+        return "unknown"
+
+
+def _load_learner(learner: MetaLearner[Any, Any], path: Path) -> tuple[dict[str, Any], np.random.Generator]:
+    """Load ``path`` into ``learner`` and rebuild the task generator; every way the checkpoint can fail to
+    fit (missing keys, shapes, generator state, non-finite tensors) is a one-line error."""
+    state = checkpoint.load(path)
+    try:
+        learner.load_state_dict(state["learner"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = json.loads(state["task_rng"])
+        int(state["iteration"]), int(state["env_steps"]), float(state["best"])
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit this run's learner ({reason[:160]})"
+        ) from None
+    bad = checkpoint.first_non_finite(state["learner"])
+    if bad is not None:
+        raise NonFiniteError(f"checkpoint {str(path)!r} holds non-finite values ({bad}); it cannot be used")
+    return state, rng
+
+
+def _held_out_from_file(exp: Experiment, run_dir: Path) -> list[Task]:
+    path = run_dir / TASKS_FILE
+    if not path.is_file():
+        raise RunDirError(f"cannot resume {str(run_dir)!r}: {TASKS_FILE} is missing")
+    try:
+        return exp.held_out_tasks(run_dir)
+    except MetarlError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"cannot resume {str(run_dir)!r}: {TASKS_FILE} is corrupted ({exc})") from None
+
+
+def _hint(config: ExperimentConfig) -> str:
+    keys = [k for k in ("outer_lr", "inner_lr", "lr") if hasattr(config.algo, k)]
+    if hasattr(config.algo, "init_std"):
+        keys.append("init_std")
+    return "lower " + " or ".join(f"algo.{k}" for k in keys) if keys else "lower the learning rates"
+
+
+def _check_finite(
+    metrics: dict[str, float], learner: MetaLearner[Any, Any], iteration: int, config: ExperimentConfig
+) -> None:
+    """Stop at the first NaN / infinity in a metric (losses, returns) or in the learner's state (parameters,
+    optimiser moments): :class:`NonFiniteError`, exit code 3."""
+    bad = next((("metric", k) for k, v in metrics.items() if not math.isfinite(v)), None)
+    if bad is None:
+        key = checkpoint.first_non_finite(learner.state_dict())
+        bad = None if key is None else ("parameter or optimiser state", key)
+    if bad is not None:
+        raise NonFiniteError(
+            f"iteration {iteration}: non-finite {bad[0]} ({bad[1]}); the run stopped with its last finite "
+            f"state in checkpoints/latest.pt; hint: {_hint(config)}"
+        )
+
+
+def _diverged(exc: Exception, learner: MetaLearner[Any, Any]) -> bool:
+    """Whether an exception raised by ``meta_update`` comes from non-finite numbers."""
+    if isinstance(exc, FloatingPointError):
+        return True
+    if re.search(r"\b(nan|inf|infinity|non-?finite)\b", str(exc), flags=re.IGNORECASE):
+        return True
+    return checkpoint.first_non_finite(learner.state_dict()) is not None
+
+
 def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False) -> Path:
-    """Meta-train as ``config`` says; returns the run directory."""
+    """Meta-train as ``config`` says; returns the run directory.
+
+    Every check happens before the run dir changes: the config (and, on resume, its difference to the
+    run's), the memory a meta-batch needs, the run dir's lock, and on resume the checkpoint (it must load
+    into the learner), ``tasks.json`` and ``metrics.jsonl``. A new run writes ``checkpoints/latest.pt`` at
+    iteration 0, so a run killed at any point resumes. Raises :class:`NonFiniteError` (exit 3) at the first
+    non-finite metric or parameter, leaving the metrics and checkpoints of the last finite iteration.
+    """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     check_run_dir(run_dir, config, resume)
     device = resolve_device(config.run.device)
     exp = Experiment.build(config, device)
+    budget.check(config, exp.learner, device)
     learner, run = exp.learner, config.run
     ckpt_dir = run_dir / "checkpoints"
+    latest = ckpt_dir / "latest.pt"
 
-    rng = np.random.default_rng(run.seed)  # the task stream of meta-training
-    iteration, env_steps = 0, 0
-    best = -float("inf")
-    if resume:
-        state = checkpoint.load(ckpt_dir / "latest.pt")
-        learner.load_state_dict(state["learner"])
-        rng.bit_generator.state = json.loads(state["task_rng"])
-        iteration, env_steps, best = state["iteration"], state["env_steps"], state["best"]
-        held_out = exp.held_out_tasks(run_dir)
-        (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")  # a longer budget
-    else:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        held_out = exp.tasks.held_out(run.eval_tasks, seed=run.eval_seed)
-        (run_dir / TASKS_FILE).write_text(
-            json.dumps({"seed": run.eval_seed, "tasks": [t.to_dict() for t in held_out]}, indent=1)
-        )
-
-    logger = Logger(run_dir, resume_from=(iteration, env_steps) if resume else None)
-    logger.text("config", config_table(config.to_dict()))
-    metric = learner.metric_name
-    bar = tqdm(total=run.iterations, initial=iteration, desc="meta-train", unit="it", dynamic_ncols=True)
-    while iteration < run.iterations:
-        start = time.perf_counter()
-        metrics = learner.meta_update(exp.tasks.sample(config.algo.meta_batch_size, split="train", rng=rng))
-        steps = int(metrics.pop("env_steps"))
-        env_steps += steps
-        iteration += 1
-        metrics["time/env_steps_per_second"] = steps / max(time.perf_counter() - start, 1e-9)
-        if iteration % run.eval_every == 0 or iteration == run.iterations:
-            curve = evaluate_adaptation(learner, held_out, run.eval_steps)
-            for k, value in enumerate(curve.mean):
-                metrics[f"meta_test/{metric}_step_{k}"] = value
-            score = learner.selection_score(curve.mean)
-            if score > best:
-                best = score
-                checkpoint.save(ckpt_dir / "best.pt", _state(learner, rng, iteration, env_steps, best))
-        logger.log(iteration, env_steps, metrics)
-        if iteration % run.checkpoint_every == 0 or iteration == run.iterations:
-            checkpoint.save(ckpt_dir / "latest.pt", _state(learner, rng, iteration, env_steps, best))
-        bar.set_postfix(_postfix(metrics), refresh=False)
-        bar.update(1)
-    bar.close()
-    logger.close()
+    if not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    lock = lock_run_dir(run_dir)
+    try:
+        rng = np.random.default_rng(run.seed)  # the task stream of meta-training
+        iteration, env_steps, best = 0, 0, -float("inf")
+        if not resume and not _is_empty(run_dir):  # another writer got here between the check and the lock
+            check_run_dir(run_dir, config, resume=False)
+        started = resume and latest.is_file()  # else: a run killed before its first checkpoint starts over
+        if resume:
+            saved_threads = read_config(run_dir, "cannot resume").get("run", {}).get("num_threads")
+            if saved_threads not in (None, run.num_threads):
+                print(
+                    f"note: run.num_threads {saved_threads} -> {run.num_threads}: the resumed run is not "
+                    "bit-identical to an uninterrupted one (floating-point reductions depend on threads)"
+                )
+        if started:
+            state, rng = _load_learner(learner, latest)
+            iteration, env_steps, best = int(state["iteration"]), int(state["env_steps"]), float(state["best"])
+            held_out = _held_out_from_file(exp, run_dir)
+            if (run_dir / METRICS_FILE).exists():
+                rows_up_to(run_dir / METRICS_FILE, iteration)  # every line parses, or refuse
+        else:
+            held_out = exp.tasks.held_out(run.eval_tasks, seed=run.eval_seed)
+        # every check passed: from here on the run dir changes
+        _claim_lock(lock)
+        atomic.remove_stale_temporaries(run_dir)
+        saved = json.dumps(config.to_dict(), indent=2) + "\n"
+        config_path = run_dir / CONFIG_FILE
+        if not config_path.is_file() or config_path.read_text() != saved:
+            atomic.write_text(config_path, saved)  # a longer budget, a new cadence
+        if not started:
+            atomic.write_text(run_dir / TASKS_FILE, json.dumps({"seed": run.eval_seed, "tasks": [t.to_dict() for t in held_out]}, indent=1))
+            ckpt_dir.mkdir(exist_ok=True)
+            checkpoint.save(latest, _state(learner, rng, iteration, env_steps, best))
+        _loop(exp, run_dir, held_out, rng, iteration, env_steps, best, resumed=resume)
+    finally:
+        os.close(lock)
     print(f"run finished: {run_dir}")
     print(f"curves:       tensorboard --logdir {run_dir / 'tb'}")
     print(f"evaluate:     metarl evaluate {run_dir}")
     return run_dir
+
+
+def _loop(
+    exp: Experiment,
+    run_dir: Path,
+    held_out: list[Task],
+    rng: np.random.Generator,
+    iteration: int,
+    env_steps: int,
+    best: float,
+    resumed: bool,
+) -> None:
+    """Meta-train from ``iteration`` to ``run.iterations``: update, check finiteness, evaluate, log,
+    checkpoint."""
+    config, learner, run = exp.config, exp.learner, exp.config.run
+    ckpt_dir = run_dir / "checkpoints"
+    logger = Logger(run_dir, resume_from=(iteration, env_steps) if resumed else None)
+    bar = tqdm(total=run.iterations, initial=iteration, desc="meta-train", unit="it", dynamic_ncols=True)
+    try:
+        logger.text("config", config_table(config.to_dict()))
+        metric = learner.metric_name
+        while iteration < run.iterations:
+            start = time.perf_counter()
+            tasks = exp.tasks.sample(config.algo.meta_batch_size, split="train", rng=rng)
+            try:
+                metrics = learner.meta_update(tasks)
+            except (FloatingPointError, ValueError, RuntimeError) as exc:
+                # a learner's own finiteness check, numpy with seterr(all="raise"), torch's anomaly mode, or a
+                # numerical routine refusing a NaN input (e.g. a trust-region step): the divergence path
+                if not _diverged(exc, learner):
+                    raise
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+                raise NonFiniteError(
+                    f"iteration {iteration + 1}: non-finite values ({reason}); the run stopped with its last "
+                    f"finite state in checkpoints/latest.pt; hint: {_hint(config)}"
+                ) from None
+            _check_finite(metrics, learner, iteration + 1, config)
+            steps = int(metrics.pop("env_steps"))
+            env_steps += steps
+            iteration += 1
+            metrics["time/env_steps_per_second"] = steps / max(time.perf_counter() - start, 1e-9)
+            if iteration % run.eval_every == 0 or iteration == run.iterations:
+                with evaluation_randomness(learner, run.eval_seed):  # never touches the training streams
+                    curve = evaluate_adaptation(learner, held_out, run.eval_steps)
+                for k, value in enumerate(curve.mean):
+                    metrics[f"meta_test/{metric}_step_{k}"] = value
+                score = learner.selection_score(curve.mean)
+                if score > best:  # a NaN score is never the best
+                    best = score
+                    checkpoint.save(ckpt_dir / "best.pt", _state(learner, rng, iteration, env_steps, best))
+            logger.log(iteration, env_steps, metrics)
+            if iteration % run.checkpoint_every == 0 or iteration == run.iterations:
+                checkpoint.save(ckpt_dir / "latest.pt", _state(learner, rng, iteration, env_steps, best))
+            bar.set_postfix(_postfix(metrics), refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+        logger.close()
 
 
 def _state(
@@ -210,24 +441,30 @@ def _postfix(metrics: dict[str, float]) -> dict[str, str]:
 
 
 def load_run(
-    run_dir: Path, which: str = "latest", device: str | None = None, overrides: Sequence[str] = ()
+    run_dir: Path,
+    which: str = "latest",
+    device: str | None = None,
+    overrides: Sequence[str] = (),
+    trust_code: bool = False,
 ) -> Experiment:
     """Rebuild a run's learner from its config (with ``--set`` style ``overrides``, e.g. evaluation
-    settings) and checkpoint (``latest`` or ``best``)."""
+    settings) and checkpoint (``latest`` or ``best``).
+
+    Reads only (no lock: a run may be training). A config naming a user module (``env.id =
+    "module:Class"``) is refused unless ``trust_code``; a checkpoint that does not fit the learner is a
+    :class:`CheckpointError`, one holding NaN / infinity a :class:`NonFiniteError` (exit 3).
+    """
     from metarl.config import resolve
 
     run_dir = Path(run_dir)
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise RunDirError(f"{str(run_dir)!r} is not a run dir: it holds no {CONFIG_FILE}")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError:
-        raise RunDirError(f"{str(config_path)!r} is corrupted") from None
+    if not run_dir.is_dir():
+        raise RunDirError(f"{str(run_dir)!r} is not a run dir (not a directory)")
+    raw = read_config(run_dir, "not a run dir:")
+    require_trust(raw, run_dir / CONFIG_FILE, trust_code)
     config = resolve(raw, list(overrides))
     exp = Experiment.build(config, resolve_device(device or config.run.device))
-    state = checkpoint.load(run_dir / "checkpoints" / f"{which}.pt")
-    exp.learner.load_state_dict(state["learner"])
+    budget.check(config, exp.learner, exp.device)
+    _load_learner(exp.learner, run_dir / "checkpoints" / f"{which}.pt")
     return exp
 
 
@@ -238,17 +475,19 @@ def evaluate(
     steps: int = 3,
     which: str = "latest",
     device: str | None = None,
+    trust_code: bool = False,
 ) -> tuple[AdaptationCurve, dict[str, Path]]:
     """The adaptation table of a trained run on ``num_tasks`` tasks of ``split``; writes JSON/MD/PNG."""
     from metarl.evaluation import markdown_table, write_report
 
-    exp = load_run(run_dir, which, device)
+    exp = load_run(run_dir, which, device, trust_code=trust_code)
     seed = exp.config.run.eval_seed
     if split == "test":
         tasks = exp.tasks.held_out(num_tasks, seed=seed)
     else:
         tasks = exp.tasks.sample(num_tasks, split=split, rng=np.random.default_rng(seed))
-    curve = evaluate_adaptation(exp.learner, tasks, steps)
+    with evaluation_randomness(exp.learner, seed):  # the numbers the training-time evaluation printed
+        curve = evaluate_adaptation(exp.learner, tasks, steps)
     source = exp.config.env.id if exp.config.env is not None else exp.config.data.dataset
     title = f"{exp.config.algo_name} on {source}: {num_tasks} {split} tasks ({which})"
     paths = write_report({exp.config.algo_name: curve}, Path(run_dir) / "eval", f"adaptation_{split}", title)

@@ -248,7 +248,7 @@ def test_user_family_trains_with_the_same_command(tiny_config, tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     tasks = json.loads((run_dir / "tasks.json").read_text())["tasks"]
     assert all(abs(t["target"]) <= 0.5 for t in tasks)
-    proc = run_cli("evaluate", str(run_dir), "--num-tasks", "3", "--steps", "1", env=env)
+    proc = run_cli("evaluate", str(run_dir), "--num-tasks", "3", "--steps", "1", "--trust-code", env=env)
     assert proc.returncode == 0, proc.stderr
     registered = tiny_config(iterations=1, env_id="my_family:user/Line-v0")
     proc = run_cli("train", str(registered), "--run-dir", str(tmp_path / "run_registered"), env=env)

@@ -65,7 +65,7 @@ from torch.func import grad, vmap
 
 from envs.base import Task
 from metarl import checks, losses, optim
-from metarl.core import MetaLearner
+from metarl.core import MetaLearner, RandomGenerator
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.policies import GaussianMLPPolicy, Params
 from metarl.rollouts import Episodes, RolloutSampler
@@ -575,6 +575,10 @@ class MAMLRL(MetaLearner[Batch, Params]):
         return {"losses/surrogate_improvement": float(before - after), "losses/kl": float(kl)}
 
     # -- persistence ----------------------------------------------------------------------------------
+    def generators(self) -> tuple[RandomGenerator, RandomGenerator]:
+        """The action noise and the environments' seeds (batched envs and gymnasium copies draw from it)."""
+        return self.generator, self.sampler.env_rng
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy.state_dict(),

@@ -392,6 +392,10 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
             )
         return metrics
 
+    def generators(self) -> tuple[()]:
+        """None: episodes carry their data and the learner draws no random numbers."""
+        return ()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "params": {k: v.detach().clone() for k, v in self.params.items()},

@@ -188,6 +188,10 @@ class ProtoNets(MetaLearner[FewShotBatch, ProtoState]):
             "time/iteration_s": time.perf_counter() - start,
         }
 
+    def generators(self) -> tuple[()]:
+        """None: episodes carry their data and the learner draws no random numbers."""
+        return ()
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.net.state_dict(),

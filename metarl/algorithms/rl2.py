@@ -483,6 +483,10 @@ class RL2(MetaLearner[Segment, RL2State]):
         }
 
     # -- persistence ----------------------------------------------------------------------------------
+    def generators(self) -> tuple[torch.Generator, torch.Generator]:
+        """Training (actions, minibatch order, env seeds) and evaluation generators."""
+        return self.generator, self.eval_generator
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.net.state_dict(),

@@ -375,6 +375,10 @@ class SNAIL(MetaLearner[FewShotBatch, SNAILState]):
             "time/iteration_s": time.perf_counter() - start,
         }
 
+    def generators(self) -> tuple[torch.Generator]:
+        """The support-set shuffles of training episodes."""
+        return (self.generator,)
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "net": self.net.state_dict(),

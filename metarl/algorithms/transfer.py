@@ -355,6 +355,10 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
             "time/iteration_s": time.perf_counter() - start,
         }
 
+    def generators(self) -> tuple[()]:
+        """None: episodes carry their data and the learner draws no random numbers."""
+        return ()
+
     def state_dict(self) -> dict[str, Any]:
         return {"net": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
 
