@@ -34,13 +34,34 @@ support loss (Armijo 1966; Nocedal & Wright, *Numerical Optimization*, Alg. 3.1)
 plain step already decreases the support loss enough it is taken unchanged; only support data is used.
 ``extra_step_rule = "fixed"`` (the default) is the paper's literal protocol (plain steps of α throughout).
 
+**MAML++** (Antoniou, Edwards & Storkey 2019, "How to train your MAML", arXiv:1810.09502, §4), each an
+option whose default is plain MAML (the defaults reproduce plain MAML bit for bit, tested):
+
+- *MSL* (``multi_step_loss``): the outer loss is ``Σ_j w_j L^{query}(θ_j)`` over the inner steps ``j``, the
+  weights annealed from uniform onto the last step (:func:`msl_weights`) over ``msl_iterations``.
+- *BNWB* (``per_step_bn``): each BatchNorm layer has a weight and bias row per inner step, meta-learned and
+  not adapted in the inner loop (the reference configs' ``enable_inner_loop_optimizable_bn_params =
+  false``). *BNRS* is not implemented: the reference code (AntreasAntoniou/HowToTrainYourMAMLPytorch,
+  ``MetaBatchNormLayer``) collects per-step running statistics but normalises with ``training=True``, i.e.
+  with batch statistics, at test too — which is what this module does throughout.
+- *LSLR* (``lslr``): a learned step size per parameter tensor and inner step.
+- *DA* (``first_order_iterations``): first-order meta-gradients for the first iterations, then second order.
+- *CA* (``cosine_lr_iterations``, ``min_outer_lr``): cosine annealing of Adam's step size.
+
+The query pass after inner step ``j`` uses step ``j``'s BatchNorm row, as in the reference code; test-time
+steps beyond ``num_inner_steps`` reuse the last row and the last LSLR step size.
+
 Logged metrics (TensorBoard tags, x-axis = training tasks seen):
 
 - ``meta_train/<metric>_pre_adapt``: query accuracy (or MSE) of θ, before adaptation.
 - ``meta_train/<metric>_post_adapt``: query accuracy (or MSE) of the adapted θ'.
-- ``meta_train/inner_lr_mean``: mean learned inner step size (Meta-SGD only).
+- ``meta_train/inner_lr_mean``: mean learned inner step size (Meta-SGD and LSLR only).
+- ``meta_train/second_order``: 1 once DA switches to second-order meta-gradients (DA only).
+- ``losses/msl_final_weight``: MSL's weight on the last step's query loss (MSL only).
+- ``losses/outer_lr``: Adam's step size (CA only).
 - ``losses/inner_loss``: the support loss at θ, averaged over tasks.
-- ``losses/outer_loss``: the query loss at θ', averaged over tasks (what Adam minimises).
+- ``losses/outer_loss``: the query loss at θ' (MSL: the weighted sum over steps), averaged over tasks (what
+  Adam minimises).
 - ``time/iteration_s``: the whole meta-iteration.
 """
 
@@ -94,6 +115,18 @@ class MAMLSupervisedConfig:
             ``"armijo"`` (backtracking line search on the support loss, see the module docstring) or
             ``"fixed"`` (plain steps of α, the paper's protocol; may diverge where θ is sharp).
         max_backtracks: halvings of the step the line search tries (down to ``2^−max_backtracks · α``).
+        multi_step_loss: MAML++ MSL: the outer loss weighs the query loss after every inner step
+            (:func:`msl_weights`), annealed onto the last step over ``msl_iterations``, then the last only.
+        msl_iterations: meta-iterations of the MSL annealing (the reference configs: 20 epochs × 500).
+        per_step_bn: MAML++ BNWB: BatchNorm weights and biases per inner step, meta-learned and left out of
+            the inner loop (conv4 only; normalisation still uses batch statistics, see the module docstring).
+        lslr: MAML++ LSLR: a learned inner step size per parameter tensor and inner step (initialised to
+            ``inner_lr``); excludes ``learn_inner_lr``.
+        first_order_iterations: MAML++ DA: first-order meta-gradients for the first this many
+            meta-iterations, second order after (0: off; ``first_order`` keeps first order throughout).
+        cosine_lr_iterations: MAML++ CA: Adam's step size follows a cosine from ``outer_lr`` to
+            ``min_outer_lr`` over this many meta-iterations (0: constant ``outer_lr``).
+        min_outer_lr: the floor of the cosine annealing (1e-5 in the reference configs).
     """
 
     meta_batch_size: int = 32
@@ -109,10 +142,22 @@ class MAMLSupervisedConfig:
     vectorize: bool = True
     extra_step_rule: Literal["armijo", "fixed"] = "fixed"
     max_backtracks: int = 8
+    multi_step_loss: bool = False
+    msl_iterations: int = 10000
+    per_step_bn: bool = False
+    lslr: bool = False
+    first_order_iterations: int = 0
+    cosine_lr_iterations: int = 0
+    min_outer_lr: float = 1e-5
 
     def __post_init__(self) -> None:
         checks.positive(self, "meta_batch_size", "inner_lr", "outer_lr", "hidden_channels", "eval_chunk")
-        checks.at_least(self, 0, "max_backtracks")
+        checks.positive(self, "msl_iterations", "min_outer_lr")
+        checks.at_least(self, 0, "max_backtracks", "first_order_iterations", "cosine_lr_iterations")
+        if self.lslr and self.learn_inner_lr:
+            raise ValueError("lslr and learn_inner_lr are exclusive: per-step (LSLR) or Meta-SGD step sizes")
+        if self.per_step_bn and self.network != "conv4":
+            raise ValueError(f"per_step_bn needs network 'conv4' (BatchNorm), got {self.network!r}")
         if self.num_inner_steps < 1:
             raise ValueError(f"num_inner_steps must be >= 1, got {self.num_inner_steps}")
         if self.extra_step_rule not in ("armijo", "fixed"):
@@ -191,14 +236,32 @@ def mlp(sizes: Sequence[int]) -> nn.Sequential:
 
 # -- the learner -----------------------------------------------------------------------------------------
 class MAMLState(NamedTuple):
-    """Tasks being adapted: their batch and the fast weights of each (``[T, *shape]`` per parameter)."""
+    """Tasks being adapted: their batch, the fast weights of each (``[T, *shape]`` per adapted parameter)
+    and the number of inner steps taken (it picks the per-step BatchNorm weights and step sizes)."""
 
     batch: FewShotBatch
     fast: Params
+    steps: int = 0
+
+
+def msl_weights(steps: int, iteration: int, anneal_iterations: int) -> torch.Tensor:
+    """MAML++'s multi-step loss weights (Antoniou et al. 2019, arXiv:1810.09502, §4 "MSL"): one weight per
+    inner step's query loss, ``[steps]``.
+
+    They start uniform (``1/K``); every iteration the non-final weights lose ``1/(K·T)`` down to a floor of
+    ``0.03/K`` and the final one gains what they lose, up to ``1 − (K−1)·0.03/K``, so after
+    ``T = anneal_iterations`` nearly all the weight is on the last step (the reference code's schedule, there
+    in epochs of 500 iterations).
+    """
+    decay = iteration / (steps * anneal_iterations)
+    floor = 0.03 / steps
+    weights = torch.full((steps,), max(1.0 / steps - decay, floor))
+    weights[-1] = min(1.0 / steps + (steps - 1) * decay, 1.0 - (steps - 1) * floor)
+    return weights
 
 
 class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
-    """MAML / FOMAML / Meta-SGD for classification (``accuracy``) or regression (``mse``).
+    """MAML / FOMAML / Meta-SGD / MAML++ for classification (``accuracy``) or regression (``mse``).
 
     Args:
         config: the hyperparameters.
@@ -222,31 +285,70 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
                 shape = tuple(tasks.dataset.images.shape[1:])  # type: ignore[attr-defined]
                 self.net = Conv4(shape, config.hidden_channels, ways or 1, track_running_stats=False)
         self.net.to(device)
-        self.params: Params = {k: v.detach().requires_grad_() for k, v in self.net.named_parameters()}
-        self.inner_lrs: Params = {
-            k: torch.full_like(v, config.inner_lr).requires_grad_() for k, v in self.params.items()
+        steps = config.num_inner_steps
+        # BNWB: BatchNorm weights and biases get one row per inner step and are meta-learned only
+        self.bn_keys = frozenset(
+            f"{name}.{p}"
+            for name, module in self.net.named_modules()
+            if isinstance(module, BatchStatNorm) and config.per_step_bn
+            for p in ("weight", "bias")
+        )
+        self.params: Params = {
+            k: (v.detach().repeat(steps, 1) if k in self.bn_keys else v.detach()).requires_grad_()
+            for k, v in self.net.named_parameters()
         }
-        meta = list(self.params.values()) + (list(self.inner_lrs.values()) if config.learn_inner_lr else [])
+        self.adapted_keys = [k for k in self.params if k not in self.bn_keys]
+        self.inner_lrs: Params = {
+            k: torch.full_like(self.params[k], config.inner_lr).requires_grad_() for k in self.adapted_keys
+        }
+        # LSLR: one step size per adapted parameter tensor and inner step
+        self.step_lrs: Params = {
+            k: torch.full((steps,), config.inner_lr, device=device).requires_grad_()
+            for k in self.adapted_keys
+        }
+        meta = list(self.params.values())
+        meta += list(self.inner_lrs.values()) if config.learn_inner_lr else []
+        meta += list(self.step_lrs.values()) if config.lslr else []
         self.optimizer = torch.optim.Adam(meta, lr=config.outer_lr)
+        self.iteration = 0  # meta-iterations taken: the clock of MSL, DA and CA
 
     # -- the per-task math, vmapped over tasks ----------------------------------------------------------
-    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Loss of one task's examples: cross-entropy, or MSE for regression."""
-        out = functional_call(self.net, params, (x,))
+    def weights(self, fast: Params, step: int) -> Params:
+        """All network parameters at inner step ``step``: the fast weights, plus (``per_step_bn``) that
+        step's BatchNorm weights and biases (the last step's beyond ``num_inner_steps``)."""
+        if not self.bn_keys:
+            return fast
+        row = min(step, self.config.num_inner_steps - 1)
+        return {**fast, **{k: self.params[k][row] for k in self.bn_keys}}
+
+    def loss(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> torch.Tensor:
+        """Loss of one task's examples at inner step ``step``: cross-entropy, or MSE for regression."""
+        out = functional_call(self.net, self.weights(params, step), (x,))
         return F.mse_loss(out, y) if self.regression else F.cross_entropy(out, y)
 
-    def metric(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional_call(self.net, params, (x,))
+    def metric(self, params: Params, x: torch.Tensor, y: torch.Tensor, step: int = 0) -> torch.Tensor:
+        out = functional_call(self.net, self.weights(params, step), (x,))
         return F.mse_loss(out, y) if self.regression else (out.argmax(-1) == y).float().mean()
 
-    def inner_step(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-        """``θ' = θ − α ⊙ ∇_θ L(θ)`` for one task (``α`` per parameter; a constant unless Meta-SGD)."""
-        grads = grad(self.loss)(params, x, y)
-        if self.config.first_order:
+    def inner_step(
+        self,
+        params: Params,
+        lrs: Params,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        step: int = 0,
+        first_order: bool = False,
+    ) -> Params:
+        """``θ' = θ − α ⊙ ∇_θ L(θ)`` for one task (``α`` per parameter, per tensor and step with LSLR, a
+        constant by default); ``first_order`` stops the gradient through ``∇L`` (FOMAML)."""
+        grads = grad(self.loss)(params, x, y, step)
+        if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         return {k: p - lrs[k] * grads[k] for k, p in params.items()}
 
-    def line_search_step(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+    def line_search_step(
+        self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor, step: int = 0
+    ) -> Params:
         """``θ − s·α ⊙ ∇L(θ)`` for one task with the largest ``s = 2^−j`` (``j ≤ max_backtracks``) meeting
         Armijo's sufficient decrease on the support loss, and ``s = 0`` (no step) when none does.
 
@@ -254,49 +356,83 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         largest passing one kept with ``torch.where``, so the rule vmaps over tasks; a non-finite trial
         loss never passes.
         """
-        grads, loss = grad_and_value(self.loss)(params, x, y)
+        grads, loss = grad_and_value(self.loss)(params, x, y, step)
         decrease = sum((lrs[k] * grads[k] * grads[k]).sum() for k in grads).clamp_min(0.0)  # −∇L·d at s = 1
         scale = torch.zeros_like(loss)
         for j in range(self.config.max_backtracks, -1, -1):  # smallest step first: the largest passing wins
             s = 0.5**j
             trial = {k: p - s * lrs[k] * grads[k] for k, p in params.items()}
-            scale = torch.where(self.loss(trial, x, y) <= loss - ARMIJO_C * s * decrease, s, scale)
+            scale = torch.where(self.loss(trial, x, y, step) <= loss - ARMIJO_C * s * decrease, s, scale)
         return {k: p - scale * lrs[k] * grads[k] for k, p in params.items()}
 
-    def adapt_task(self, params: Params, lrs: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> Params:
-        for _ in range(steps):
-            params = self.inner_step(params, lrs, x, y)
-        return params
+    def adapt_task(
+        self, params: Params, lrs: Sequence[Params], x: torch.Tensor, y: torch.Tensor, first_order: bool
+    ) -> list[Params]:
+        """One task's fast weights after each of ``len(lrs)`` inner steps (step ``j`` uses ``lrs[j]``)."""
+        trajectory = []
+        for step, step_lrs in enumerate(lrs):
+            params = self.inner_step(params, step_lrs, x, y, step, first_order)
+            trajectory.append(params)
+        return trajectory
+
+    def step_sizes(self, step: int, detach: bool = False) -> Params:
+        """The inner step sizes of step ``step``: LSLR's per-tensor scalars (the last step's beyond
+        ``num_inner_steps``), Meta-SGD's per-parameter ones, or the constant ``inner_lr`` tensors."""
+        c = self.config
+        if c.lslr:
+            row = min(step, c.num_inner_steps - 1)
+            lrs = {k: v[row] for k, v in self.step_lrs.items()}
+        else:
+            lrs = self.inner_lrs
+        learned = c.lslr or c.learn_inner_lr
+        return {k: v.detach() for k, v in lrs.items()} if detach or not learned else lrs
 
     def lrs(self) -> Params:
-        return (
-            self.inner_lrs
-            if self.config.learn_inner_lr
-            else {k: v.detach() for k, v in self.inner_lrs.items()}
-        )
+        """The first inner step's step sizes (all steps' without LSLR)."""
+        return self.step_sizes(0)
+
+    def outer_weights(self) -> torch.Tensor | None:
+        """MSL's per-step query-loss weights while they are annealed, else ``None`` (final step only)."""
+        c = self.config
+        if not c.multi_step_loss or self.iteration >= c.msl_iterations:
+            return None
+        return msl_weights(c.num_inner_steps, self.iteration, c.msl_iterations).to(self.device)
+
+    def first_order_now(self) -> bool:
+        """FOMAML, or DA's first-order phase (the first ``first_order_iterations`` meta-iterations)."""
+        return self.config.first_order or self.iteration < self.config.first_order_iterations
 
     def adapted_query_losses(
         self, batch: FewShotBatch, vectorized: bool = True
     ) -> tuple[torch.Tensor, Params]:
-        """Query loss ``[T]`` of each task's adapted parameters, and those parameters (``[T, *shape]``).
+        """Outer loss ``[T]`` of each task and its adapted parameters (``[T, *shape]``): the query loss after
+        the last inner step, or with MSL the weighted sum of the query losses after every step.
 
         ``vectorized=False`` runs the same computation as a per-task Python loop (the learn2learn/higher
         style); the benchmark and the tests compare the two.
         """
-        steps, lrs = self.config.num_inner_steps, self.lrs()
+        lrs = [self.step_sizes(step) for step in range(self.config.num_inner_steps)]
+        first_order, weights = self.first_order_now(), self.outer_weights()
+
+        def task(
+            params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+        ) -> tuple[torch.Tensor, Params]:
+            trajectory = self.adapt_task(params, lrs, sx, sy, first_order)
+            if weights is None:
+                return self.loss(trajectory[-1], qx, qy, len(lrs) - 1), trajectory[-1]
+            losses = torch.stack([self.loss(fast, qx, qy, step) for step, fast in enumerate(trajectory)])
+            return (weights * losses).sum(), trajectory[-1]
+
+        theta = {k: self.params[k] for k in self.adapted_keys}
+        data = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
         if vectorized:
-            fast = vmap(self.adapt_task, in_dims=(None, None, 0, 0, None))(
-                self.params, lrs, batch.support_x, batch.support_y, steps
-            )
-            return vmap(self.loss)(fast, batch.query_x, batch.query_y), fast
-        losses, per_task = [], []
-        for i in range(batch.num_tasks):
-            per_task.append(self.adapt_task(self.params, lrs, batch.support_x[i], batch.support_y[i], steps))
-            losses.append(self.loss(per_task[-1], batch.query_x[i], batch.query_y[i]))
-        return torch.stack(losses), {k: torch.stack([f[k] for f in per_task]) for k in self.params}
+            return vmap(task, in_dims=(None, 0, 0, 0, 0))(theta, *data)
+        per_task = [task(theta, *(d[i] for d in data)) for i in range(batch.num_tasks)]
+        fast = {k: torch.stack([f[k] for _, f in per_task]) for k in theta}
+        return torch.stack([loss for loss, _ in per_task]), fast
 
     def meta_loss(self, batch: FewShotBatch, vectorized: bool = True) -> torch.Tensor:
-        """The meta-objective: mean query loss of the adapted parameters over the tasks of ``batch``."""
+        """The meta-objective: mean outer loss of the adapted parameters over the tasks of ``batch``."""
         return self.adapted_query_losses(batch, vectorized)[0].mean()
 
     # -- inner loop of the interface ---------------------------------------------------------------------
@@ -307,7 +443,7 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
 
     def initial(self, tasks: Sequence[Task]) -> MAMLState:
         n = len(tasks)
-        fast = {k: v.detach().expand(n, *v.shape) for k, v in self.params.items()}
+        fast = {k: self.params[k].detach().expand(n, *self.params[k].shape) for k in self.adapted_keys}
         return MAMLState(self._batch(tasks, "test"), fast)
 
     def support(self, tasks: Sequence[Task], adapted: MAMLState, step: int) -> FewShotBatch:
@@ -327,12 +463,12 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
     def adapt(self, adapted: MAMLState, support: FewShotBatch, step: int) -> MAMLState:
         """Adaptation step ``step``: the trained update for the first ``num_inner_steps``, then the
         ``extra_step_rule`` (see the module docstring)."""
-        lrs, chunk = {k: v.detach() for k, v in self.inner_lrs.items()}, self.config.eval_chunk
+        lrs, chunk = self.step_sizes(step, detach=True), self.config.eval_chunk
         trained = step < self.config.num_inner_steps or self.config.extra_step_rule == "fixed"
         rule = self.inner_step if trained else self.line_search_step
 
         def step_fn(params: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-            return rule(params, lrs, x, y)
+            return rule(params, lrs, x, y, step)
 
         pieces = []
         with torch.no_grad():  # torch.func.grad still differentiates inside; no graph is kept outside
@@ -340,15 +476,21 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
                 fast = {k: v[i : i + chunk] for k, v in adapted.fast.items()}
                 x, y = support.support_x[i : i + chunk], support.support_y[i : i + chunk]
                 pieces.append(self._per_task(step_fn, fast, x, y))
-        return adapted._replace(fast={k: torch.cat([p[k] for p in pieces]) for k in adapted.fast})
+        fast = {k: torch.cat([p[k] for p in pieces]) for k in adapted.fast}
+        return adapted._replace(fast=fast, steps=step + 1)
 
     @torch.no_grad()
     def evaluate(self, tasks: Sequence[Task], adapted: MAMLState) -> torch.Tensor:
         batch, chunk = adapted.batch, self.config.eval_chunk
+        step = max(adapted.steps - 1, 0)  # the query pass uses the BatchNorm row of the last step taken
+
+        def metric(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.metric(params, x, y, step)
+
         return torch.cat(
             [
                 self._per_task(
-                    self.metric,
+                    metric,
                     {k: v[i : i + chunk] for k, v in adapted.fast.items()},
                     batch.query_x[i : i + chunk],
                     batch.query_y[i : i + chunk],
@@ -358,20 +500,39 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         )
 
     # -- outer loop --------------------------------------------------------------------------------------
+    def outer_lr(self) -> float:
+        """Adam's step size now: ``outer_lr``, or CA's cosine from it to ``min_outer_lr`` over
+        ``cosine_lr_iterations`` (then held at ``min_outer_lr``)."""
+        c = self.config
+        if not c.cosine_lr_iterations:
+            return c.outer_lr
+        progress = min(self.iteration, c.cosine_lr_iterations) / c.cosine_lr_iterations
+        return c.min_outer_lr + 0.5 * (c.outer_lr - c.min_outer_lr) * (1.0 + math.cos(math.pi * progress))
+
     def meta_update(self, tasks: Sequence[Task]) -> dict[str, float]:
         start = time.perf_counter()
+        c = self.config
+        if c.cosine_lr_iterations:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.outer_lr()
         batch = self._batch(tasks, "train")
         with torch.no_grad():
-            theta = {k: v.detach() for k, v in self.params.items()}
+            theta = {k: self.params[k].detach() for k in self.adapted_keys}
             inner_loss = vmap(self.loss, in_dims=(None, 0, 0))(theta, batch.support_x, batch.support_y)
             pre = vmap(self.metric, in_dims=(None, 0, 0))(theta, batch.query_x, batch.query_y)
-        query_losses, fast = self.adapted_query_losses(batch, self.config.vectorize)
+        weights = self.outer_weights()
+        query_losses, fast = self.adapted_query_losses(batch, c.vectorize)
         outer_loss = query_losses.mean()
         self.optimizer.zero_grad(set_to_none=True)
         outer_loss.backward()
         self.optimizer.step()
+        last = c.num_inner_steps - 1
+
+        def final_metric(params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.metric(params, x, y, last)
+
         with torch.no_grad():
-            post = vmap(self.metric)({k: v.detach() for k, v in fast.items()}, batch.query_x, batch.query_y)
+            post = vmap(final_metric)({k: v.detach() for k, v in fast.items()}, batch.query_x, batch.query_y)
         m = self.metric_name
         metrics = {
             "env_steps": float(len(tasks)),
@@ -381,15 +542,21 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
             "losses/outer_loss": float(outer_loss.detach()),
             "time/iteration_s": time.perf_counter() - start,
         }
-        if self.config.learn_inner_lr:
-            total = sum(v.numel() for v in self.inner_lrs.values())
-            metrics["meta_train/inner_lr_mean"] = float(
-                sum(v.detach().sum() for v in self.inner_lrs.values()) / total
-            )
+        if c.learn_inner_lr or c.lslr:
+            lrs = self.step_lrs if c.lslr else self.inner_lrs
+            total = sum(v.numel() for v in lrs.values())
+            metrics["meta_train/inner_lr_mean"] = float(sum(v.detach().sum() for v in lrs.values()) / total)
+        if c.multi_step_loss:
+            metrics["losses/msl_final_weight"] = 1.0 if weights is None else float(weights[-1])
+        if c.first_order_iterations:
+            metrics["meta_train/second_order"] = float(not self.first_order_now())
+        if c.cosine_lr_iterations:
+            metrics["losses/outer_lr"] = self.optimizer.param_groups[0]["lr"]
         if not all(math.isfinite(v) for v in metrics.values()):
             raise FloatingPointError(
                 f"non-finite MAML metrics {metrics}; lower algo.inner_lr or algo.outer_lr"
             )
+        self.iteration += 1
         return metrics
 
     def generators(self) -> tuple[()]:
@@ -400,16 +567,23 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         return {
             "params": {k: v.detach().clone() for k, v in self.params.items()},
             "inner_lrs": {k: v.detach().clone() for k, v in self.inner_lrs.items()},
+            "step_lrs": {k: v.detach().clone() for k, v in self.step_lrs.items()},
             "optimizer": self.optimizer.state_dict(),
+            "iteration": self.iteration,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; keys written by later versions (``step_lrs``, ``iteration``) take
+        their initial values when missing, so plain-MAML checkpoints from before MAML++ still load."""
         with torch.no_grad():
             for k, v in state["params"].items():
                 self.params[k].copy_(v)
             for k, v in state["inner_lrs"].items():
                 self.inner_lrs[k].copy_(v)
+            for k, v in state.get("step_lrs", {}).items():
+                self.step_lrs[k].copy_(v)
         self.optimizer.load_state_dict(state["optimizer"])
+        self.iteration = int(state.get("iteration", 0))
 
 
 def build(config: Any, device: torch.device) -> tuple[TaskSampler, MAMLSupervised]:
