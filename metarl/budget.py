@@ -81,7 +81,10 @@ def estimates(config: Any, learner: Any) -> list[tuple[int, str]]:
         keys = f"algo.meta_batch_size, algo.trials_per_task, algo.episodes_per_trial or {horizon}"
         return [
             (_rl2_trials(config, learner, n, algo.trials_per_task), keys),
-            (_rl2_trials(config, learner, config.run.eval_tasks, algo.eval_trials_per_task), "run.eval_tasks"),
+            (
+                _rl2_trials(config, learner, config.run.eval_tasks, algo.eval_trials_per_task),
+                "run.eval_tasks",
+            ),
         ]
     if config.data is not None:
         return [(_episodes(config, n), "algo.meta_batch_size, data.ways, data.shots or data.queries")]

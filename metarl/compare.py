@@ -332,7 +332,11 @@ class Comparison:
 
 
 def _load_meta(
-    method: MetaMethod, device: str, data_root: str | None, trust_code: bool = False, env_id: str | None = None
+    method: MetaMethod,
+    device: str,
+    data_root: str | None,
+    trust_code: bool = False,
+    env_id: str | None = None,
 ) -> Any:
     """A meta-learner run, trained first from ``method.config`` when ``method.run`` does not exist.
 

@@ -279,9 +279,7 @@ def resolve(raw: dict[str, Any], overrides: list[str] = ()) -> ExperimentConfig:
         table = raw.setdefault(keys[0], {})
         for depth, k in enumerate(keys[1:], 1):
             if not isinstance(table, dict):
-                raise ConfigError(
-                    f"--set {assignment!r}: {'.'.join(keys[:depth])} is a value, not a table"
-                )
+                raise ConfigError(f"--set {assignment!r}: {'.'.join(keys[:depth])} is a value, not a table")
             if depth == len(keys) - 1:
                 table[k] = value
             else:

@@ -328,7 +328,9 @@ def _omniglot_characters(root: Path, size: int, cache_dir: Path) -> tuple[np.nda
     names = [str(f.relative_to(root)) for f in folders]
     files = [_image_files(f) for f in folders]
     # keyed by every image's name, size and modification time: a replaced or corrupted file is decoded anew
-    stats = "|".join(f"{p.name}:{st.st_size}:{st.st_mtime_ns}" for fs in files for p in fs for st in [p.stat()])
+    stats = "|".join(
+        f"{p.name}:{st.st_size}:{st.st_mtime_ns}" for fs in files for p in fs for st in [p.stat()]
+    )
     key = hashlib.sha1(f"{root.resolve()}|{size}|{'|'.join(names)}|{stats}".encode()).hexdigest()[:12]
     cache = cache_dir / f"omniglot_{size}px_{key}.npz"
     if cache.is_file():

@@ -330,7 +330,11 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
                 )
         if started:
             state, rng = _load_learner(learner, latest)
-            iteration, env_steps, best = int(state["iteration"]), int(state["env_steps"]), float(state["best"])
+            iteration, env_steps, best = (
+                int(state["iteration"]),
+                int(state["env_steps"]),
+                float(state["best"]),
+            )
             held_out = _held_out_from_file(exp, run_dir)
             if (run_dir / METRICS_FILE).exists():
                 rows_up_to(run_dir / METRICS_FILE, iteration)  # every line parses, or refuse
@@ -344,7 +348,10 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
         if not config_path.is_file() or config_path.read_text() != saved:
             atomic.write_text(config_path, saved)  # a longer budget, a new cadence
         if not started:
-            atomic.write_text(run_dir / TASKS_FILE, json.dumps({"seed": run.eval_seed, "tasks": [t.to_dict() for t in held_out]}, indent=1))
+            atomic.write_text(
+                run_dir / TASKS_FILE,
+                json.dumps({"seed": run.eval_seed, "tasks": [t.to_dict() for t in held_out]}, indent=1),
+            )
             ckpt_dir.mkdir(exist_ok=True)
             checkpoint.save(latest, _state(learner, rng, iteration, env_steps, best))
         _loop(exp, run_dir, held_out, rng, iteration, env_steps, best, resumed=resume)

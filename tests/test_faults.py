@@ -83,9 +83,13 @@ outer_lr = 1e6
 """
 
 
-def write_config(directory: Path, iterations: int = 6, eval_every: int = 3, checkpoint_every: int = 1) -> Path:
+def write_config(
+    directory: Path, iterations: int = 6, eval_every: int = 3, checkpoint_every: int = 1
+) -> Path:
     path = directory / f"tiny_{iterations}_{eval_every}_{checkpoint_every}.toml"
-    path.write_text(TOML.format(iterations=iterations, eval_every=eval_every, checkpoint_every=checkpoint_every))
+    path.write_text(
+        TOML.format(iterations=iterations, eval_every=eval_every, checkpoint_every=checkpoint_every)
+    )
     return path
 
 
@@ -228,7 +232,9 @@ def test_range_checks_reject_nan_and_inf(
 
 
 # -- 2. one writer per run dir -----------------------------------------------------------------------------
-def test_a_second_writer_is_refused(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_writer_is_refused(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     copy = tmp_path / "copy"
     shutil.copytree(reference, copy)
     before = snapshot(copy)
@@ -254,7 +260,17 @@ def test_a_second_writer_is_refused(reference: Path, tmp_path: Path, capsys: pyt
     # in-process as well: a trainer's lock refuses a second trainer started while it runs
     fd = run.lock_run_dir(copy)
     try:
-        fails(capsys, 2, f"PID {os.getpid()}", "train", "--run-dir", copy, "--resume", "--set", "run.iterations=8")
+        fails(
+            capsys,
+            2,
+            f"PID {os.getpid()}",
+            "train",
+            "--run-dir",
+            copy,
+            "--resume",
+            "--set",
+            "run.iterations=8",
+        )
     finally:
         os.close(fd)
     assert snapshot(copy) == before
@@ -317,6 +333,13 @@ def test_kill_during_each_rewrite_loses_nothing(
     assert_same_state(learner_state(killed)["learner"], learner_state(reference)["learner"])
 
 
+def test_run_files_get_the_umask_mode(reference: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("config.json", "tasks.json", "checkpoints/latest.pt", "checkpoints/best.pt"):
+        assert (reference / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+
+
 def test_kill_before_the_first_checkpoint_resumes(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -371,14 +394,26 @@ def test_full_disk_stops_cleanly_and_resumes_exactly(
     assert rows(run_dir) == rows(reference)
 
 
-def test_read_only_file_system(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_read_only_file_system(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = write_config(tmp_path)
     raise_on_write(monkeypatch, errno.EROFS, "*")
     fails(capsys, 2, "Read-only file system", "train", config, "--run-dir", tmp_path / "new")
     copy = tmp_path / "copy"
     shutil.copytree(reference, copy)
     before = snapshot(copy)
-    fails(capsys, 2, "Read-only file system", "train", "--run-dir", copy, "--resume", "--set", "run.iterations=7")
+    fails(
+        capsys,
+        2,
+        "Read-only file system",
+        "train",
+        "--run-dir",
+        copy,
+        "--resume",
+        "--set",
+        "run.iterations=7",
+    )
     fails(capsys, 2, "Read-only file system", "evaluate", copy, "--num-tasks", "3")
     assert snapshot(copy) == before
 
@@ -410,7 +445,11 @@ def test_bad_files_are_one_line_exit_2(
     cases = [
         ("shape", edit_checkpoint(wrong_shape), "does not fit this run's learner"),
         ("keys", edit_checkpoint(lambda s: s.pop("policy")), "does not fit this run's learner"),
-        ("generator", edit_checkpoint(lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8))), "does not fit"),
+        (
+            "generator",
+            edit_checkpoint(lambda s: s.update(generator=torch.zeros(3, dtype=torch.uint8))),
+            "does not fit",
+        ),
         ("no_tasks", lambda d: (d / "tasks.json").unlink(), "tasks.json is missing"),
         ("bad_tasks", lambda d: (d / "tasks.json").write_text("{not json"), "tasks.json is corrupted"),
         ("bad_config", lambda d: (d / "config.json").write_text("{"), "config.json is corrupted"),
@@ -433,7 +472,17 @@ def test_bad_files_are_one_line_exit_2(
     fails(capsys, 2, "not a run dir", "evaluate", a_file)
     fails(capsys, 2, "run.seed must be <= 9223372036854775807", "train", config, "--seed", str(2**64))
     fails(capsys, 2, "run.seed must be >= 0", "train", config, "--seed", "-1")
-    fails(capsys, 2, "run.seed is a value, not a table", "train", config, "--set", "run.seed=5", "--set", "run.seed.x=3")
+    fails(
+        capsys,
+        2,
+        "run.seed is a value, not a table",
+        "train",
+        config,
+        "--set",
+        "run.seed=5",
+        "--set",
+        "run.seed.x=3",
+    )
     assert not (tmp_path / "runs").exists()
 
 
@@ -450,7 +499,9 @@ def test_corrupt_data_files_name_the_file(tmp_path: Path, capsys: pytest.Capture
     bad_png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # a truncated PNG
     config = tmp_path / "images.toml"
     config.write_text(toml.read_text().format(dataset="image_folder", root=folder, cache=tmp_path / "cache"))
-    fails(capsys, 2, f"image {str(bad_png)!r} cannot be decoded", "train", config, "--run-dir", tmp_path / "r1")
+    fails(
+        capsys, 2, f"image {str(bad_png)!r} cannot be decoded", "train", config, "--run-dir", tmp_path / "r1"
+    )
 
     omniglot = make_omniglot(tmp_path / "omniglot")
     split = omniglot / "splits" / "vinyals" / "train.txt"
@@ -478,16 +529,36 @@ def test_decode_cache_notices_a_changed_image(tmp_path: Path) -> None:
     assert not torch.equal(first, second) and len(list(cache.iterdir())) == 2
 
 
-# -- 6. bounded sizes -----------------------------------------------------------------------------------------
+# -- 6. bounded sizes ---------------------------------------------------------------------------------------
 def test_huge_sizes_are_refused_before_allocating(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
     config = write_config(tmp_path)
     start = time.perf_counter()
-    fails(capsys, 2, "lower algo.meta_batch_size", "train", config, "--set", "algo.meta_batch_size=1000000000")
-    fails(capsys, 2, "lower run.eval_tasks", "train", config, "--set", "run.eval_tasks=100000", "--set", "env.max_episode_steps=1000000")
-    fails(capsys, 2, "env.max_episode_steps must be <= 1000000", "train", config, "--set", "env.max_episode_steps=1000000000000")
+    fails(
+        capsys, 2, "lower algo.meta_batch_size", "train", config, "--set", "algo.meta_batch_size=1000000000"
+    )
+    fails(
+        capsys,
+        2,
+        "lower run.eval_tasks",
+        "train",
+        config,
+        "--set",
+        "run.eval_tasks=100000",
+        "--set",
+        "env.max_episode_steps=1000000",
+    )
+    fails(
+        capsys,
+        2,
+        "env.max_episode_steps must be <= 1000000",
+        "train",
+        config,
+        "--set",
+        "env.max_episode_steps=1000000000000",
+    )
     fails(capsys, 2, "--num-tasks must be <= 100000", "evaluate", reference, "--num-tasks", "1000000000")
     assert time.perf_counter() - start < 30
     assert not (tmp_path / "runs").exists()
@@ -523,7 +594,9 @@ def test_extending_a_finished_run_equals_a_longer_run(
     assert_same_state(learner_state(short)["learner"], learner_state(reference)["learner"])
 
 
-def test_evaluate_prints_the_training_time_numbers(reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_prints_the_training_time_numbers(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``metarl evaluate`` on the checkpoint of iteration 6 with the run's tasks and steps reproduces the
     ``meta_test`` values logged at iteration 6."""
     copy = tmp_path / "copy"
