@@ -112,6 +112,9 @@ class DataConfig:
         image_size: images are resized to ``image_size × image_size`` (28 for Omniglot).
         channels: 1 (grey-scale, inverted) or 3 (RGB) for ``image_folder``; Omniglot is grey-scale.
         rotations: Omniglot rotations by 90/180/270° as new classes (Santoro et al. 2016).
+        within_alphabet: Omniglot training episodes draw all their classes from one alphabet (chosen
+            uniformly among those with enough classes; a character's rotations count in its alphabet), as
+            Lake et al. (2015)'s ``all_runs`` are built; test episodes are unchanged.
         cache_dir: where decoded images are cached (empty: ``$METARL_CACHE`` or ``~/.cache/metarl``).
     """
 
@@ -127,6 +130,7 @@ class DataConfig:
     image_size: int = 28
     channels: int = 1
     rotations: bool = True
+    within_alphabet: bool = False
     cache_dir: str = ""
 
     def __post_init__(self) -> None:

@@ -15,7 +15,8 @@ Data sets (all :class:`ClassDataset`: a ``uint8`` image tensor plus the example 
   Vinyals et al. 2016). Splits: ``"vinyals"`` (the list files ``splits/vinyals/{train,val,test}.txt``:
   1028/172/423 characters × 4 rotations), ``"maml"`` (Finn et al. 2017: 1200 characters of both halves,
   shuffled with seed 1, for training, the other 423 for test) and ``"lake"`` (train on
-  ``images_background`` only; test on Lake's twenty 20-way one-shot ``all_runs``). Decoded images are
+  ``images_background`` only; test on Lake's twenty 20-way one-shot ``all_runs``; ``within_alphabet``
+  draws each training episode's classes from one alphabet, as the runs are). Decoded images are
   cached as ``.npz`` in a user-writable cache directory, so later runs load in a second.
 - :func:`load_image_folder` — your own data: ``root/<split>/<class>/<image>`` (``train``/``test``).
 - :class:`SinusoidSampler` — MAML §5.1 regression tasks: ``y = A·sin(x − φ)``, ``A ~ U[0.1, 5]``,
@@ -182,12 +183,24 @@ class EpisodeShape:
     queries: int
 
 
+def alphabet_groups(dataset: ClassDataset, classes: np.ndarray) -> list[np.ndarray]:
+    """``classes`` grouped by the alphabet their name starts with (``"Alphabet/characterNN/rotXXX"``; a
+    character's rotations stay in its alphabet's group), in order of first appearance."""
+    groups: dict[str, list[int]] = {}
+    for c in np.asarray(classes):
+        groups.setdefault(dataset.class_names[int(c)].split("/", 1)[0], []).append(int(c))
+    return [np.array(g) for g in groups.values()]
+
+
 class EpisodeSampler(TaskSampler):
     """N-way K-shot episodes over the train/test classes of a :class:`ClassDataset`.
 
     Training may use another shape than testing (Prototypical Networks train 60-way, Snell et al. 2017 §3).
     ``held_out(n, seed)`` is a fixed set: the same ``(n, seed)`` always gives the same episodes.
     ``fixed_test`` (Lake's ``all_runs``) replaces the drawn test episodes by given ones.
+    ``train_groups`` (e.g. :func:`alphabet_groups`) makes every training episode draw all its classes from
+    one group, the group uniform among those with at least ``train_shape.ways`` classes — Lake et al.
+    (2015)'s runs are built within one alphabet, where characters look more alike than across alphabets.
     """
 
     def __init__(
@@ -198,6 +211,7 @@ class EpisodeSampler(TaskSampler):
         train_shape: EpisodeShape,
         test_shape: EpisodeShape,
         fixed_test: Sequence[Episode] = (),
+        train_groups: Sequence[np.ndarray] = (),
     ) -> None:
         if len(np.intersect1d(train_classes, test_classes)):
             raise ValueError("train and test classes overlap")
@@ -205,14 +219,24 @@ class EpisodeSampler(TaskSampler):
         self.classes = {"train": np.asarray(train_classes), "test": np.asarray(test_classes)}
         self.shapes = {"train": train_shape, "test": test_shape}
         self.fixed_test = list(fixed_test)
+        self.train_groups = [g for g in train_groups if len(g) >= train_shape.ways]
+        if train_groups and not self.train_groups:
+            raise ConfigError(
+                f"no alphabet has data.train_ways={train_shape.ways} training classes "
+                f"(largest: {max(len(g) for g in train_groups)}); lower data.train_ways or data.ways"
+            )
 
     def sample(self, n: int, *, split: str, rng: np.random.Generator) -> list[Episode]:
         if split not in self.classes:
             raise ValueError(f"unknown split {split!r}; valid: train, test")
         shape = self.shapes[split]
+        if split == "train" and self.train_groups:
+            groups = [self.train_groups[i] for i in rng.integers(len(self.train_groups), size=n)]
+        else:
+            groups = [self.classes[split]] * n
         return [
-            sample_episode(self.dataset, self.classes[split], shape.ways, shape.shots, shape.queries, rng)
-            for _ in range(n)
+            sample_episode(self.dataset, classes, shape.ways, shape.shots, shape.queries, rng)
+            for classes in groups
         ]
 
     def held_out(self, n: int, *, seed: int) -> list[Episode]:
@@ -533,7 +557,10 @@ def build_sampler(data: Any) -> EpisodeSampler | SinusoidSampler:
             raise ConfigError(
                 "data.split 'lake' evaluates 20-way 1-shot with 1 query: set ways=20, shots=1, queries=1"
             )
-        return EpisodeSampler(dataset, train_ids, test_ids, train, test, fixed)
+        groups = alphabet_groups(dataset, train_ids) if data.within_alphabet else []
+        return EpisodeSampler(dataset, train_ids, test_ids, train, test, fixed, groups)
+    if data.within_alphabet:
+        raise ConfigError("data.within_alphabet needs data.dataset 'omniglot' (classes named by alphabet)")
     dataset, train_ids, test_ids = load_image_folder(data.root, data.image_size, data.channels)
     return EpisodeSampler(dataset, train_ids, test_ids, train, test)
 
