@@ -1,24 +1,39 @@
-"""The task-family contract.
+"""The task-family contract: what your own family must provide (and all that metarl needs of it).
 
 A *task family* is an ordinary :class:`gymnasium.Env` whose behaviour depends on a *task* (a goal, a
-target velocity, the arm probabilities of a bandit). On top of the gymnasium API it offers::
+target velocity, the arm probabilities of a bandit). ``metarl check-family ID`` checks every point below
+(``metarl train`` runs the same checks before it writes anything):
 
-    tasks = env.sample_tasks(n, split="train" | "test", seed=...)   # list[Task]
-    env.set_task(task)            # validated; the task persists across plain reset()
-    env.get_task()                # the current task
-    env.reset(options={"task": task})
+1. **A task is an instance of a frozen dataclass whose fields are JSON values** (numbers, strings, booleans,
+   ``None``, and tuples / lists of them). Run dirs store tasks as JSON and rebuild them with
+   ``TaskClass(**fields)`` (JSON lists become tuples), and the rebuilt task must equal the original.
+   The task class is taken from the tasks ``sample_tasks`` returns; nothing else has to declare it.
+2. ``env.sample_tasks(n, *, split="train" | "test", seed=None) -> list[task]``: the same ``(n, split, seed)``
+   gives the same tasks; the ``"test"`` split is the held-out distribution (independent of ``"train"``).
+3. ``env.set_task(task)`` sets the task and raises ``TypeError`` or ``ValueError`` for anything that is not a
+   valid task of this env; ``env.get_task()`` returns the current one.
+4. ``env.reset(seed=..., options={"task": task})`` sets the task too, and a plain ``reset()`` keeps it
+   (gymnasium's vector environments autoreset a sub-environment by calling ``reset()`` without options).
+5. A finite horizon: the ``max_episode_steps`` of its registration, or ``[env] max_episode_steps``.
+6. A :class:`gymnasium.spaces.Box` observation space and a ``Box`` (every learner) or ``Discrete`` (RL²)
+   action space.
 
-A :class:`Task` is a frozen, JSON-serialisable dataclass. Gymnasium's vector environments autoreset a
-sub-environment by calling ``reset()`` *without* options, so the task must stay until it is changed.
+Optional:
+
+- ``make_batched(tasks, envs_per_task, device="cpu", horizon=None, *, seed=None)`` returning a
+  :class:`BatchedTaskEnv` that steps many tasks at once in torch (``seed`` is passed only when the method
+  accepts it). Without it every learner steps gymnasium copies of the env through one adapter
+  (:class:`metarl.rollouts.GymBatchedEnv`), with the same seeding; the batched version is only faster.
+- ``oracle_return(task, horizon)``: the return of an optimal policy that knows the task (``metarl compare``
+  normalises scores with it; without it the oracle is PPO trained on each task).
+- ``task_distribution``: one line describing the task distribution, shown by ``metarl list``.
+
+Subclassing :class:`TaskFamily` (next to ``gymnasium.Env``) and :class:`Task` is a convenience, not a
+requirement: ``TaskFamily`` implements points 2–4 from a ``task_type`` and a ``_draw_task(rng)`` (plus the
+optional hooks ``_validate_task(task)`` and ``_on_task_changed()``), with independent train/test streams.
 
 This module (and all of ``envs/``) is plain gymnasium + numpy (+ torch for the batched versions): it never
 imports ``metarl``, so Stable-Baselines3 or any other library can use the families directly.
-
-To write your own family, subclass :class:`TaskFamily` next to ``gymnasium.Env``, declare ``task_type``, and
-implement ``_draw_task(rng)``, and optionally ``_validate_task(task)`` and ``_on_task_changed()``.
-Optionally implement ``make_batched(tasks, envs_per_task, device="cpu", horizon=None, *, seed=None)``
-returning a :class:`BatchedTaskEnv` that steps many tasks at once in torch; samplers use it when present
-(passing ``seed`` when the method accepts it) and fall back to stepping gymnasium copies otherwise.
 """
 
 from __future__ import annotations
@@ -38,6 +53,7 @@ SPLITS: tuple[str, ...] = ("train", "test")
 _SPLIT_SALT = {"train": 0x7A11, "test": 0x7E57}
 
 T = TypeVar("T", bound="Task")
+D = TypeVar("D")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,18 +61,30 @@ class Task:
     """Base class of all tasks: a frozen dataclass that round-trips through JSON."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return task_to_dict(self)
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; valid: {sorted(names)}")
-        return cls(**{k: _tuples(v) for k, v in data.items()})
+        return task_from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def task_to_dict(task: Any) -> dict[str, Any]:
+    """The JSON-ready fields of any dataclass task (tuples become lists, numpy scalars Python numbers)."""
+    if not dataclasses.is_dataclass(task) or isinstance(task, type):
+        raise TypeError(f"a task must be a dataclass instance, got {type(task).__name__}")
+    return {f.name: _jsonable(getattr(task, f.name)) for f in dataclasses.fields(task)}
+
+
+def task_from_dict(cls: type[D], data: dict[str, Any]) -> D:
+    """Rebuild a ``cls`` task from :func:`task_to_dict`'s output (JSON lists back to tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; valid: {sorted(names)}")
+    return cls(**{k: _tuples(v) for k, v in data.items()})
 
 
 def _jsonable(value: Any) -> Any:
@@ -70,6 +98,18 @@ def _jsonable(value: Any) -> Any:
 def _tuples(value: Any) -> Any:
     """JSON lists back to (nested) tuples, so a task read from JSON equals (and hashes like) the original."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+#: The pip extra each optional family module needs (``metarl list`` and every failed import say the same).
+EXTRAS: dict[str, str] = {"mujoco": "MuJoCo", "metaworld": "Meta-World"}
+
+
+def missing_extra(extra: str) -> str:
+    """The one line printed wherever a family's optional extra is not installed (``gym.make``, ``train``)."""
+    return (
+        f'the {EXTRAS.get(extra, extra)} task families need the optional "{extra}" extra: '
+        f'pip install "metarl[{extra}]" (install all extras in one command; metaworld pins mujoco==3.3.0)'
+    )
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:

@@ -23,11 +23,16 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 from gymnasium import utils
-from gymnasium.envs.mujoco.ant_v5 import AntEnv
-from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
-from envs.base import Task
-from envs.mujoco_batch import MujocoBatchSpec, MujocoTaskFamily
+from envs.base import Task, missing_extra
+
+try:
+    from gymnasium.envs.mujoco.ant_v5 import AntEnv
+    from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+
+    from envs.mujoco_batch import MujocoBatchSpec, MujocoTaskFamily
+except (ImportError, gym.error.DependencyNotInstalled) as _err:
+    raise ImportError(missing_extra("mujoco")) from _err
 
 # --------------------------------------------------------------------------------------- tasks
 

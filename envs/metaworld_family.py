@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium as gym
 import numpy as np
 
-from envs.base import SPLITS, Task, TaskFamily, split_rng
+from envs.base import SPLITS, Task, TaskFamily, missing_extra, split_rng
 
 if TYPE_CHECKING:
     from metaworld.sawyer_xyz_env import SawyerXYZEnv
@@ -44,11 +44,7 @@ DEFAULT_ML1_ENV = "reach-v3"
 #: Goal configurations per environment and split in the Meta-World paper (§4).
 GOALS_PER_ENV = 50
 
-_INSTALL_HINT = (
-    "The Meta-World task families need the optional `metaworld` package: "
-    'pip install "metarl[metaworld]" (it pins mujoco==3.3.0; install it together with the other '
-    "extras in one command)."
-)
+_INSTALL_HINT = missing_extra("metaworld")
 
 # Goal configurations computed so far, keyed by (env_name, split, index, goal_seed). Each value is
 # a pure function of its key, so sharing them between instances (a vector env's copies) is safe.
@@ -162,7 +158,7 @@ class MetaWorldEnv(TaskFamily, gym.Env[np.ndarray, np.ndarray]):
             from metaworld import env_dict
             from metaworld.types import Task as _MWTask
         except ImportError as err:
-            raise ImportError(f"{_INSTALL_HINT} (import failed: {err})") from err
+            raise ImportError(_INSTALL_HINT) from err
 
         if benchmark not in BENCHMARKS:
             raise ValueError(f"unknown Meta-World benchmark {benchmark!r}; valid: {list(BENCHMARKS)}")

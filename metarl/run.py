@@ -55,6 +55,7 @@ from metarl.errors import (
     RunLockedError,
 )
 from metarl.evaluation import AdaptationCurve, evaluate_adaptation
+from metarl.families import tasks_document, tasks_from_document
 from metarl.logger import Logger, config_table, rows_up_to
 
 CONFIG_FILE, TASKS_FILE, METRICS_FILE = "config.json", "tasks.json", "metrics.jsonl"
@@ -87,7 +88,7 @@ class Experiment:
 
     def held_out_tasks(self, run_dir: Path) -> list[Task]:
         data = json.loads((run_dir / TASKS_FILE).read_text())
-        return [self.tasks.task_from_dict(d) for d in data["tasks"]]
+        return tasks_from_document(data, self.tasks)
 
 
 def default_run_dir(config: ExperimentConfig) -> Path:
@@ -349,8 +350,7 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
             atomic.write_text(config_path, saved)  # a longer budget, a new cadence
         if not started:
             atomic.write_text(
-                run_dir / TASKS_FILE,
-                json.dumps({"seed": run.eval_seed, "tasks": [t.to_dict() for t in held_out]}, indent=1),
+                run_dir / TASKS_FILE, json.dumps(tasks_document(held_out, run.eval_seed), indent=1)
             )
             ckpt_dir.mkdir(exist_ok=True)
             checkpoint.save(latest, _state(learner, rng, iteration, env_steps, best))

@@ -69,6 +69,7 @@ from metarl import checkpoint, checks, losses
 from metarl.core import MetaLearner
 from metarl.errors import ConfigError
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
+from metarl.rollouts import BatchedFamily
 from metarl.seeding import seeded
 
 
@@ -517,13 +518,15 @@ def _learner_state_of(path: str) -> dict[str, Any]:
 
 
 def build(config: Any, device: torch.device) -> tuple[FamilyTaskSampler, RL2]:
-    """The registry's builder: the family of ``[env]`` (it must have ``make_batched``) and an :class:`RL2`."""
+    """The registry's builder: the family of ``[env]`` and an :class:`RL2`.
+
+    The learner steps the family through :class:`metarl.rollouts.BatchedFamily`: its own ``make_batched``
+    when it has one, gymnasium copies otherwise (any family that follows the contract of ``envs/base.py``).
+    """
     algo, env = config.algo, config.env
     make_env = env_factory(env.id, env.kwargs, env.max_episode_steps)
     probe = make_env()
     family = probe.unwrapped
-    if not callable(getattr(family, "make_batched", None)):
-        raise ConfigError(f"env.id {env.id!r}: RL² needs a family with a batched version (make_batched)")
     if algo.segments_per_episode > 1 and not isinstance(family, BernoulliBanditEnv):
         raise ConfigError(
             "algo.segments_per_episode > 1 cuts an episode into chunks; only bandits (stateless between "
@@ -539,4 +542,4 @@ def build(config: Any, device: torch.device) -> tuple[FamilyTaskSampler, RL2]:
         raise ConfigError(
             f"algo.segments_per_episode ({algo.segments_per_episode}) must divide the horizon ({horizon})"
         )
-    return FamilyTaskSampler(probe), RL2(algo, family, horizon, device, config.run.seed)
+    return FamilyTaskSampler(probe), RL2(algo, BatchedFamily(make_env), horizon, device, config.run.seed)
