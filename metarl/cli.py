@@ -1,4 +1,4 @@
-"""``metarl`` command line: ``train``, ``evaluate``, ``compare``, ``list``.
+"""``metarl`` command line: ``train``, ``evaluate``, ``compare``, ``list``, ``check-family``.
 
 It parses arguments and calls ``metarl.run`` / ``metarl.compare``.
 
@@ -26,7 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="metarl", description="Meta-reinforcement learning toolkit.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     train = sub.add_parser("train", help="meta-train from a TOML experiment")
     train.add_argument("config", nargs="?", help="experiment TOML (optional with --resume)")
@@ -38,9 +38,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set algo.inner_lr=0.05 (repeatable)",
     )
-    train.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override run.device")
-    train.add_argument("--seed", type=int, help="override run.seed")
-    train.add_argument("--data-root", help="override data.root (supervised data sets)")
+    train.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        help="override run.device (default: the config's run.device, itself 'auto' = CUDA when available)",
+    )
+    train.add_argument("--seed", type=int, help="override run.seed (default: the config's run.seed, itself 0)")
+    train.add_argument(
+        "--data-root", help="override data.root of a supervised data set (default: the config's data.root)"
+    )
     train.add_argument(
         "--run-dir",
         type=Path,
@@ -49,17 +55,42 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --run-dir from its last checkpoint",
+        help="continue the run in --run-dir from its last checkpoint (default: off, start a new run)",
     )
     _trust_code(train)
 
-    ev = sub.add_parser("evaluate", help="adaptation table of a trained run on held-out tasks")
-    ev.add_argument("run_dir", type=Path)
-    ev.add_argument("--split", choices=["test", "train"], default="test")
-    ev.add_argument("--num-tasks", type=int, default=40)
-    ev.add_argument("--steps", type=int, default=3, help="adaptation steps (the curve covers 0..steps)")
-    ev.add_argument("--checkpoint", choices=["latest", "best"], default="latest")
-    ev.add_argument("--device", choices=["cpu", "cuda", "auto"])
+    ev = sub.add_parser(
+        "evaluate",
+        help="adaptation table of a trained run on held-out tasks",
+        description="Adaptation curve of a trained run (mean ± 95%% CI over tasks); writes "
+        "RUN_DIR/eval/<checkpoint>_<split>.{json,md,png}.",
+    )
+    ev.add_argument("run_dir", type=Path, help="a run directory written by metarl train")
+    ev.add_argument(
+        "--split",
+        choices=["test", "train"],
+        default="test",
+        help="test: the run's held-out tasks (tasks.json); train: tasks of the training split (default: test)",
+    )
+    ev.add_argument(
+        "--num-tasks",
+        type=int,
+        help="tasks to evaluate (default: the run's run.eval_tasks; with --split test, tasks.json's tasks)",
+    )
+    ev.add_argument(
+        "--steps",
+        type=int,
+        help="adaptation steps: the curve covers 0..steps (default: the run's run.eval_steps)",
+    )
+    ev.add_argument(
+        "--checkpoint",
+        choices=["latest", "best"],
+        default="latest",
+        help="which checkpoint to evaluate (default: latest)",
+    )
+    ev.add_argument(
+        "--device", choices=["cpu", "cuda", "auto"], help="where to evaluate (default: the run's run.device)"
+    )
     _trust_code(ev)
 
     cmp = sub.add_parser(
@@ -75,11 +106,36 @@ def _parser() -> argparse.ArgumentParser:
         help="override a key, e.g. --set compare.num_tasks=10 (repeatable)",
     )
     cmp.add_argument("--out", type=Path, help="output directory (default: runs/compare/<config name>)")
-    cmp.add_argument("--device", choices=["cpu", "cuda", "auto"], help="override compare.device")
-    cmp.add_argument("--data-root", help="override data.root (supervised data sets)")
+    cmp.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        help="override compare.device (default: the file's compare.device, itself 'auto')",
+    )
+    cmp.add_argument(
+        "--data-root", help="override data.root of a supervised data set (default: the file's data.root)"
+    )
     _trust_code(cmp)
 
-    sub.add_parser("list", help="task families and algorithms")
+    sub.add_parser("list", help="task families (with the extra each needs) and learners")
+
+    check = sub.add_parser(
+        "check-family",
+        help="check a task family against the contract of envs/base.py (and gymnasium's check_env)",
+        description="Build the family once and check the task-family contract (the same checks metarl "
+        "train runs before it writes anything), then gymnasium's check_env. Exit 0 when all pass, else 2.",
+    )
+    check.add_argument("env_id", metavar="ID", help="a registered id, 'module:Class' or 'module:EnvId'")
+    check.add_argument(
+        "--kwargs",
+        default="{}",
+        metavar="JSON",
+        help='constructor keyword arguments as a JSON object, e.g. \'{"goal_range": 2.0}\' (default: {})',
+    )
+    check.add_argument(
+        "--max-episode-steps",
+        type=int,
+        help="horizon when the family registers none (default: the registration's)",
+    )
     return parser
 
 
@@ -122,9 +178,9 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from metarl import run
 
-    if args.num_tasks < 2:
+    if args.num_tasks is not None and args.num_tasks < 2:
         raise MetarlError(f"--num-tasks must be >= 2 for a confidence interval, got {args.num_tasks}")
-    if args.steps < 0:
+    if args.steps is not None and args.steps < 0:
         raise MetarlError(f"--steps must be >= 0, got {args.steps}")
     if args.num_tasks is not None and args.num_tasks > MAX_TASKS:
         raise MetarlError(f"--num-tasks must be <= {MAX_TASKS}, got {args.num_tasks}")
@@ -152,28 +208,77 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _list() -> None:
-    import gymnasium as gym
+    """Every registered family (with its task distribution, or the install command of its missing extra)
+    and every learner. Imports each family's module, never builds an env."""
+    import importlib
 
     import envs
     from metarl.algorithms import ALGORITHMS
 
     print("Task families (env.id):")
     for spec in envs.FAMILIES:
+        module, _, name = spec.entry_point.partition(":")
         try:
-            cls = gym.registry[spec.id].entry_point
-            module, _, name = cls.partition(":")
-            dist = getattr(__import__(module, fromlist=[name]), name).task_distribution
-        except ImportError as exc:
-            dist = f"(needs an extra: {exc})"
-        extra = f"  [extra: {spec.extra}]" if spec.extra else ""
-        print(f"  {spec.id:<28} {dist}{extra}")
-    print("\nAlgorithms (algo.name):")
+            if spec.extra:  # the extra's own package (Meta-World's module imports it only when built)
+                importlib.import_module(spec.extra)
+            dist = getattr(importlib.import_module(module), name).task_distribution
+        except ImportError:
+            dist = f'not installed: pip install "metarl[{spec.extra}]"' if spec.extra else "cannot be imported"
+        print(f"  {spec.id:<28} {dist}")
+    print("  (your own: env.id = 'my_module:MyFamily'; check it with metarl check-family my_module:MyFamily)")
+    print("\nLearners (algo.name):")
     for name, algo in ALGORITHMS.items():
-        print(f"  {name:<28} {algo.summary}")
+        print(f"  {name:<28} {algo.summary} [{'task family' if algo.source == 'env' else 'data set'}]")
+
+
+def _check_family(args: argparse.Namespace) -> int:
+    """``metarl check-family``: print each check that passed, or each problem; 0 when all pass, else 2."""
+    import json
+    import re
+    import warnings
+
+    from gymnasium.utils.env_checker import check_env
+
+    from metarl.families import CHECKS, check_family, env_factory
+    from metarl.rollouts import BatchedFamily
+
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        raise MetarlError(f"--kwargs is not valid JSON ({exc}): {args.kwargs!r}") from None
+    if not isinstance(kwargs, dict):
+        raise MetarlError(f"--kwargs must be a JSON object, got {args.kwargs!r}")
+    make_env = env_factory(args.env_id, kwargs, args.max_episode_steps, check=False)
+    problems = check_family(make_env())
+    if problems:
+        for problem in problems:
+            print(f"FAIL  {problem}")
+        print(f"{args.env_id}: {len(problems)} contract violation(s); see envs/base.py")
+        return 2
+    for line in CHECKS:
+        print(f"ok    {line}")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            check_env(make_env().unwrapped, skip_render_check=True)
+    except Exception as exc:  # a user's env: report gymnasium's finding as one line
+        print(f"FAIL  gymnasium check_env: {type(exc).__name__}: {' '.join(str(exc).split())}")
+        return 2
+    first = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(caught[0].message).split())) if caught else ""
+    note = f" ({len(caught)} warning(s), first: {first})" if caught else ""
+    print("ok    gymnasium check_env" + note)
+    batched = BatchedFamily(make_env)
+    how = "its own make_batched" if batched.native else "gymnasium copies (no make_batched: GymBatchedEnv)"
+    print(f"{args.env_id} follows the task-family contract; learners step it through {how}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `metarl`: what it can do
+        parser.print_help()
+        return 2
     try:
         if args.command == "train":
             _train(args)
@@ -181,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
             _evaluate(args)
         elif args.command == "compare":
             _compare(args)
+        elif args.command == "check-family":
+            return _check_family(args)
         else:
             _list()
     except MetarlError as exc:

@@ -173,13 +173,16 @@ def _import_named(path: str) -> type | str:
     return cls
 
 
-def env_factory(env_id: str, kwargs: dict[str, Any], max_episode_steps: int | None) -> Callable[[], gym.Env]:
+def env_factory(
+    env_id: str, kwargs: dict[str, Any], max_episode_steps: int | None, *, check: bool = True
+) -> Callable[[], gym.Env]:
     """A zero-argument constructor of the family's env, validated once (it builds one env to check it).
 
     ``env_id`` is a registered id (``metarl/Navigation2D-v0``), ``"module:Class"`` or ``"module:EnvId"``
-    (an id the module registers on import); only the module the user named is imported. The probe env
-    must pass :func:`check_family` (the contract of :mod:`envs.base`, including a finite horizon from its
-    registration or ``max_episode_steps``); every violation is one :class:`ConfigError` line.
+    (an id the module registers on import); only the module the user named is imported. With ``check``
+    the probe env must pass :func:`check_family` (the contract of :mod:`envs.base`, including a finite
+    horizon from its registration or ``max_episode_steps``); every violation is one :class:`ConfigError`
+    line. A family whose optional extra is missing gives :func:`envs.base.missing_extra`'s line.
     """
     named = _import_named(env_id) if ":" in env_id and env_id not in gym.registry else env_id
     if not isinstance(named, str):
@@ -206,11 +209,14 @@ def env_factory(env_id: str, kwargs: dict[str, Any], max_episode_steps: int | No
         probe = make()
     except ConfigError:
         raise
-    except ImportError as exc:  # a missing extra: the family module's own one-line install hint
-        raise ConfigError(f"env.id {env_id!r}: {_one_line(exc)}") from None
+    except ImportError as exc:
+        message = _one_line(exc)
+        if 'pip install "metarl[' in message:  # a missing extra: the same line as gym.make and metarl list
+            raise ConfigError(message) from None
+        raise ConfigError(f"env.id {env_id!r}: {message}") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"env {env_id!r} with kwargs {kwargs}: {_one_line(exc)}") from None
-    problems = check_family(probe)
+    problems = check_family(probe) if check else []
     probe.close()
     if problems:
         raise ConfigError(
