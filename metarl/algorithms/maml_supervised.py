@@ -272,6 +272,8 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         seed: initialisation seed.
     """
 
+    step_unit = "gradient steps on the support set"
+
     def __init__(
         self, config: MAMLSupervisedConfig, tasks: TaskSampler, device: torch.device, ways: int, seed: int = 0
     ) -> None:
@@ -392,11 +394,12 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         return self.step_sizes(0)
 
     def outer_weights(self) -> torch.Tensor | None:
-        """MSL's per-step query-loss weights while they are annealed, else ``None`` (final step only)."""
+        """MSL's per-step query-loss weights (on the CPU) while they are annealed, else ``None`` (final
+        step only)."""
         c = self.config
         if not c.multi_step_loss or self.iteration >= c.msl_iterations:
             return None
-        return msl_weights(c.num_inner_steps, self.iteration, c.msl_iterations).to(self.device)
+        return msl_weights(c.num_inner_steps, self.iteration, c.msl_iterations)
 
     def first_order_now(self) -> bool:
         """FOMAML, or DA's first-order phase (the first ``first_order_iterations`` meta-iterations)."""
@@ -413,6 +416,7 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         """
         lrs = [self.step_sizes(step) for step in range(self.config.num_inner_steps)]
         first_order, weights = self.first_order_now(), self.outer_weights()
+        weights = None if weights is None else weights.to(self.device)
 
         def task(
             params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
