@@ -10,12 +10,29 @@ second of *training* (sampling + updates), on one CPU thread each; RL² is measu
 RecurrentPPO runs and its mean is the reference of the speed-up (a shared machine's load drifts)::
 
     OMP_NUM_THREADS=1 python experiments/benchmark_rl2_throughput.py
+
+``--shape preset`` measures metarl alone at the shape of ``experiments/rl2_bandit_k10_n100.toml`` (10 arms,
+trials of 100 pulls, 500 trials per update, GRU-64; from scratch); ``--config`` names another preset.
+``--baseline REV`` also times the RL² learner of git revision ``REV`` (its ``metarl/algorithms/rl2.py``,
+e.g. ``HEAD``) on the same config, alternating old and new ``--repeats`` times in one process, so that
+before and after see the same machine load::
+
+    OMP_NUM_THREADS=1 python experiments/benchmark_rl2_throughput.py --shape preset --sb3-envs \
+        --baseline dcb083f --repeats 3 --rl2-iterations 3
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import importlib.util
+import subprocess
+import sys
+import tempfile
 import time
+import tomllib
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -55,22 +72,78 @@ class RL2BanditInputs(gym.Wrapper):
         return self._inputs(obs, int(action), float(reward)), reward, terminated, truncated, info
 
 
-def metarl_rl2(hidden: int, iterations: int) -> tuple[float, int, float]:
-    raw = {
-        "run": {"seed": 0},
-        "env": {"id": "metarl/Bandit-K5-v0", "kwargs": {"num_pulls": 10}, "max_episode_steps": 10},
-        "algo": {"name": "rl2", "episodes_per_trial": 1, "hidden_size": hidden, "meta_batch_size": 1000},
-    }
-    config = resolve(raw)
-    sampler, learner = ALGORITHMS["rl2"].build(config, torch.device("cpu"))
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bandit_config(hidden: int, preset: Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The raw config: 5-armed bandits of 10 pulls (1000 trials per update), or a preset's TOML."""
+    if preset is None:
+        raw = {
+            "run": {"seed": 0},
+            "env": {"id": "metarl/Bandit-K5-v0", "kwargs": {"num_pulls": 10}, "max_episode_steps": 10},
+            "algo": {"name": "rl2", "episodes_per_trial": 1, "hidden_size": hidden, "meta_batch_size": 1000},
+        }
+    else:
+        raw = tomllib.loads(preset.read_text())
+        raw["algo"]["init_from"] = ""  # from scratch: the timing does not depend on the weights
+    raw["algo"].update(overrides)
+    return raw
+
+
+def learner_of_revision(revision: str, learner: Any) -> Any:
+    """An RL² learner built by ``metarl/algorithms/rl2.py`` of git ``revision`` with ``learner``'s config
+    (the keys that revision knows), family, horizon and seed."""
+    source = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{revision}:metarl/algorithms/rl2.py"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    path = Path(tempfile.mkdtemp()) / "rl2_baseline.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("rl2_baseline", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["rl2_baseline"] = module
+    spec.loader.exec_module(module)
+    known = {f.name for f in dataclasses.fields(module.RL2Config)}
+    config = module.RL2Config(**{k: v for k, v in dataclasses.asdict(learner.config).items() if k in known})
+    horizon = learner.segment_steps * learner.config.segments_per_episode
+    return module.RL2(config, learner.family, horizon, learner.device, learner.seed)
+
+
+def time_learner(learner: Any, sampler: Any, batch: int, iterations: int) -> tuple[float, int, float]:
+    """Env steps per second of ``iterations`` meta-updates after one warm-up update."""
     rng = np.random.default_rng(0)
-    learner.meta_update(sampler.sample(config.algo.meta_batch_size, split="train", rng=rng))  # warm-up
+    learner.meta_update(sampler.sample(batch, split="train", rng=rng))  # warm-up
     steps, start = 0, time.perf_counter()
     for _ in range(iterations):
-        tasks = sampler.sample(config.algo.meta_batch_size, split="train", rng=rng)
+        tasks = sampler.sample(batch, split="train", rng=rng)
         steps += int(learner.meta_update(tasks)["env_steps"])
     wall = time.perf_counter() - start
     return steps / wall, steps, wall
+
+
+def metarl_rl2(
+    hidden: int, iterations: int, preset: Path | None = None, overrides: dict[str, Any] | None = None
+) -> tuple[float, int, float]:
+    config = resolve(bandit_config(hidden, preset, overrides or {}))
+    sampler, learner = ALGORITHMS["rl2"].build(config, torch.device("cpu"))
+    return time_learner(learner, sampler, config.algo.meta_batch_size, iterations)
+
+
+def before_after(
+    revision: str, hidden: int, iterations: int, repeats: int, preset: Path | None, overrides: dict[str, Any]
+) -> list[tuple[str, tuple[float, int, float]]]:
+    """``repeats`` alternations of the learner of ``revision`` and the working tree's, fresh from the seed."""
+    rows = []
+    for _ in range(repeats):
+        config = resolve(bandit_config(hidden, preset, overrides))
+        sampler, learner = ALGORITHMS["rl2"].build(config, torch.device("cpu"))
+        old = learner_of_revision(revision, learner)
+        batch = config.algo.meta_batch_size
+        rows.append((f"before ({revision})", time_learner(old, sampler, batch, iterations)))
+        rows.append(("after (working tree)", time_learner(learner, sampler, batch, iterations)))
+    return rows
 
 
 def sb3_recurrent_ppo(hidden: int, num_envs: int, timesteps: int) -> tuple[float, int, float]:
@@ -115,18 +188,41 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=64, help="recurrent units of both learners")
     parser.add_argument("--rl2-iterations", type=int, default=10, help="metarl iterations (10k steps each)")
     parser.add_argument(
-        "--sb3-envs", type=int, nargs="+", default=[16, 64], help="RecurrentPPO vec-env sizes"
+        "--sb3-envs", type=int, nargs="*", default=[16, 64], help="RecurrentPPO vec-env sizes (none: skip)"
     )
+    parser.add_argument(
+        "--shape", choices=["bandit10", "preset"], default="bandit10", help="5 arms × 10 pulls, or --config"
+    )
+    parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "rl2_bandit_k10_n100.toml")
+    parser.add_argument("--set", action="append", default=[], help="algo override KEY=VALUE (Python literal)")
+    parser.add_argument("--baseline", default=None, help="git revision whose RL² to time against (before/after)")
+    parser.add_argument("--repeats", type=int, default=3, help="before/after alternations with --baseline")
     parser.add_argument(
         "--sb3-rollouts", type=int, default=4, help="RecurrentPPO rollouts of 128 steps × envs"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [("metarl RL² (GRU, 1000 trials/batch)", metarl_rl2(args.hidden, args.rl2_iterations))]
+    preset = args.config if args.shape == "preset" else None
+    overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+    if args.baseline:
+        rows = before_after(args.baseline, args.hidden, args.rl2_iterations, args.repeats, preset, overrides)
+        before = [rate for name, (rate, _, _) in rows if name.startswith("before")]
+        after = [rate for name, (rate, _, _) in rows if name.startswith("after")]
+        print("| learner | env steps | wall (s) | env steps/s |")
+        print("|---|---|---|---|")
+        for name, (rate, steps, wall) in rows:
+            print(f"| {name} | {steps} | {wall:.1f} | {rate:,.0f} |")
+        ratios = [a / b for a, b in zip(after, before, strict=True)]
+        print(f"\nspeed-up after/before per alternation: {', '.join(f'{r:.2f}' for r in ratios)}; "
+              f"mean {np.mean(ratios):.2f}")
+        return
+    rows = [("metarl RL² (GRU, 1000 trials/batch)", metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides))]
     for envs_ in args.sb3_envs:
         result = sb3_recurrent_ppo(args.hidden, envs_, envs_ * 128 * args.sb3_rollouts)
         rows.append((f"sb3_contrib RecurrentPPO (LSTM, {envs_} envs)", result))
-    rows.append(("metarl RL² again (load drift check)", metarl_rl2(args.hidden, args.rl2_iterations)))
+    rows.append(
+        ("metarl RL² again (load drift check)", metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides))
+    )
     ours = (rows[0][1][0] + rows[-1][1][0]) / 2
     print("| learner | recurrent units | env steps | wall (s) | env steps/s | RL² speed-up |")
     print("|---|---|---|---|---|---|")

@@ -221,14 +221,18 @@ def ppo_losses(
         entropy=entropy,
         mask=mask,
     )
+    if clip <= 0:
+        raise ValueError(f"clip must be > 0, got {clip}")
     n = mask.sum().clamp(min=1.0)
-    log_ratio = log_probs - old_log_probs
-    ratio = log_ratio.exp()
+    log_ratio = log_probs - old_log_probs.detach()
+    ratio = log_ratio.exp()  # computed once for the surrogate and the diagnostics
+    adv = advantages.detach()
+    surrogate = torch.minimum(ratio * adv, ratio.clamp(1.0 - clip, 1.0 + clip) * adv)
     with torch.no_grad():
         approx_kl = (((ratio - 1) - log_ratio) * mask).sum() / n
         clip_fraction = (((ratio - 1).abs() > clip).float() * mask).sum() / n
     return PPOTerms(
-        policy=ppo_clip_loss(log_probs, old_log_probs, advantages, mask, clip),
+        policy=-(surrogate * mask).sum() / n,
         value=(0.5 * (values - returns) ** 2 * mask).sum() / n,
         entropy=(entropy * mask).sum() / n,
         approx_kl=approx_kl,
