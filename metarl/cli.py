@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from metarl.config import MAX_TASKS
+from metarl.config import MAX_ADAPTATION_STEPS, MAX_TASKS
 from metarl.errors import MetarlError
 
 
@@ -184,6 +184,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise MetarlError(f"--steps must be >= 0, got {args.steps}")
     if args.num_tasks is not None and args.num_tasks > MAX_TASKS:
         raise MetarlError(f"--num-tasks must be <= {MAX_TASKS}, got {args.num_tasks}")
+    if args.steps is not None and args.steps > MAX_ADAPTATION_STEPS:
+        raise MetarlError(f"--steps must be <= {MAX_ADAPTATION_STEPS}, got {args.steps}")
     _, paths = run.evaluate(
         args.run_dir,
         args.split,

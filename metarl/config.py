@@ -35,6 +35,7 @@ MAX_SEED = 2**63 - 1
 #: Caps on horizon-like sizes (a typo such as ``1e12`` is refused instead of hanging the run).
 MAX_EPISODE_STEPS = 1_000_000
 MAX_TASKS = 100_000
+MAX_ADAPTATION_STEPS = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +71,7 @@ class RunConfig:
         checks.at_least(self, 0, "eval_steps", "num_threads", "seed", "eval_seed")
         checks.at_most(self, MAX_SEED, "seed", "eval_seed")
         checks.at_most(self, MAX_TASKS, "eval_tasks")
+        checks.at_most(self, MAX_ADAPTATION_STEPS, "eval_steps")
 
 
 @dataclasses.dataclass(frozen=True)

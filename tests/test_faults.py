@@ -280,8 +280,8 @@ def test_a_second_writer_is_refused(
 def test_kill_during_each_rewrite_loses_nothing(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A resume killed while it rewrites config.json or metrics.jsonl (the write stops half-way) leaves
-    both files whole; the next resume is exact."""
+    """A resume killed while it rewrites config.json, metrics.jsonl or latest.pt (the write stops half-way)
+    leaves each file whole; the next resume is exact."""
     config = write_config(tmp_path)
     killed = tmp_path / "killed"
     interrupt_after(monkeypatch, 4, KeyboardInterrupt())
@@ -293,7 +293,7 @@ def test_kill_during_each_rewrite_loses_nothing(
     assert len(rows_text := (killed / "metrics.jsonl").read_text().splitlines()) == 5
     real_fdopen = os.fdopen
 
-    for target in ("config.json", "metrics.jsonl"):
+    for target in ("config.json", "metrics.jsonl", "latest.pt"):
 
         class HalfWrite:
             def __init__(self, fd: int, mode: str) -> None:
@@ -324,7 +324,9 @@ def test_kill_during_each_rewrite_loses_nothing(
         monkeypatch.undo()
         if target == "config.json":
             assert (killed / "config.json").read_bytes() == config_text
-        assert (killed / "metrics.jsonl").read_text().splitlines() == rows_text
+        if target != "latest.pt":
+            assert (killed / "metrics.jsonl").read_text().splitlines() == rows_text
+        assert learner_state(killed)["iteration"] == 4  # the checkpoint of iteration 5 never replaced it
     stale = killed / "checkpoints" / ".latest.pt.abc123.tmp"
     stale.write_bytes(b"left by a kill")
     assert cli(capsys, "train", config, "--run-dir", killed, "--resume")[0] == 0
@@ -560,6 +562,8 @@ def test_huge_sizes_are_refused_before_allocating(
         "env.max_episode_steps=1000000000000",
     )
     fails(capsys, 2, "--num-tasks must be <= 100000", "evaluate", reference, "--num-tasks", "1000000000")
+    fails(capsys, 2, "--steps must be <= 10000", "evaluate", reference, "--steps", "1000000000")
+    fails(capsys, 2, "run.eval_steps must be <= 10000", "train", config, "--set", "run.eval_steps=1000000000")
     assert time.perf_counter() - start < 30
     assert not (tmp_path / "runs").exists()
 
