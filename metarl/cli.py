@@ -43,7 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         choices=["cpu", "cuda", "auto"],
         help="override run.device (default: the config's run.device, itself 'auto' = CUDA when available)",
     )
-    train.add_argument("--seed", type=int, help="override run.seed (default: the config's run.seed, itself 0)")
+    train.add_argument(
+        "--seed", type=int, help="override run.seed (default: the config's run.seed, itself 0)"
+    )
     train.add_argument(
         "--data-root", help="override data.root of a supervised data set (default: the config's data.root)"
     )
@@ -70,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
         "--split",
         choices=["test", "train"],
         default="test",
-        help="test: the run's held-out tasks (tasks.json); train: tasks of the training split (default: test)",
+        help="test: the run's held-out tasks (tasks.json); train: training-split tasks (default: test)",
     )
     ev.add_argument(
         "--num-tasks",
@@ -225,7 +227,7 @@ def _list() -> None:
                 importlib.import_module(spec.extra)
             dist = getattr(importlib.import_module(module), name).task_distribution
         except ImportError:
-            dist = f'not installed: pip install "metarl[{spec.extra}]"' if spec.extra else "cannot be imported"
+            dist = f'not installed: pip install "metarl[{spec.extra}]"' if spec.extra else "not importable"
         print(f"  {spec.id:<28} {dist}")
     print("  (your own: env.id = 'my_module:MyFamily'; check it with metarl check-family my_module:MyFamily)")
     print("\nLearners (algo.name):")

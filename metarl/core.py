@@ -66,11 +66,15 @@ class MetaLearner(abc.ABC, Generic[Support, Adapted]):
         device: where every tensor of the learner lives.
         metric_name: what ``evaluate`` returns per task (``"return"``, ``"accuracy"``, ``"mse"``).
         higher_is_better: orientation of that metric (used to keep the best checkpoint).
+        step_unit: what one adaptation step is, for the x-axis of adaptation curves (``"inner gradient
+            steps"``, ``"RL² segments of 10 pulls"``); ``""`` for a learner with no adaptation steps (it
+            reads the support set once: its curve is one point).
     """
 
     device: torch.device
     metric_name: str = "return"
     higher_is_better: bool = True
+    step_unit: str = "adaptation steps"
 
     # -- the inner loop (adaptation), used by the evaluator and inside meta_update -------------------
     @abc.abstractmethod

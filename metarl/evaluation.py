@@ -95,11 +95,26 @@ def evaluate_adaptation(learner: MetaLearner[Any, Any], tasks: Sequence[Task], s
     )
 
 
-def markdown_table(curves: Mapping[str, AdaptationCurve]) -> str:
-    """One row per method, one column per adaptation step: ``mean ± ci95``."""
+def step_unit(learner: MetaLearner[Any, Any]) -> str:
+    """What one adaptation step of ``learner`` is, for axis labels (``MetaLearner.step_unit``); the empty
+    string for learners with no adaptation steps (ProtoNets, Matching Nets, SNAIL read the support set
+    once: their curve is a single point)."""
+    return str(getattr(learner, "step_unit", "adaptation steps"))
+
+
+def markdown_table(curves: Mapping[str, AdaptationCurve], unit: str = "adaptation steps") -> str:
+    """One row per method, one column per adaptation step: ``mean ± ci95``.
+
+    With ``unit = ""`` (a learner with no adaptation steps, one-point curves) the single column reads
+    ``"<metric> (support set read once)"``.
+    """
     steps = max(len(c.mean) for c in curves.values())
     metric = next(iter(curves.values())).metric
-    head = "| method | " + " | ".join(f"{metric} after {k} step{'s' * (k != 1)}" for k in range(steps))
+    if steps == 1 and not unit:
+        columns = [f"{metric} (support set read once)"]
+    else:
+        columns = [f"{metric} after {k} step{'s' * (k != 1)}" for k in range(steps)]
+    head = "| method | " + " | ".join(columns)
     lines = [head + " |", "|---" * (steps + 1) + "|"]
     for name, c in curves.items():
         digits = 4 if all(abs(m) <= 1 for m in c.mean) else 2  # accuracies / MSEs vs returns
@@ -108,8 +123,10 @@ def markdown_table(curves: Mapping[str, AdaptationCurve]) -> str:
     return "\n".join(lines)
 
 
-def plot(curves: Mapping[str, AdaptationCurve], path: Path, title: str) -> None:
-    """Mean ± 95% CI against the number of adaptation steps, one line per method."""
+def plot(
+    curves: Mapping[str, AdaptationCurve], path: Path, title: str, xlabel: str = "adaptation steps"
+) -> None:
+    """Mean ± 95% CI against the number of adaptation steps (``xlabel`` says what a step is)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,8 +137,10 @@ def plot(curves: Mapping[str, AdaptationCurve], path: Path, title: str) -> None:
         lo = [m - h for m, h in zip(c.mean, c.ci95, strict=True)]
         hi = [m + h for m, h in zip(c.mean, c.ci95, strict=True)]
         ax.plot(c.steps, c.mean, marker="o", label=name)
+        if len(c.steps) == 1:  # one point (no adaptation steps): its interval as an error bar
+            ax.errorbar(c.steps, c.mean, yerr=c.ci95, capsize=6, color=ax.lines[-1].get_color())
         ax.fill_between(c.steps, lo, hi, alpha=0.2)
-    ax.set_xlabel("adaptation steps")
+    ax.set_xlabel(xlabel or "no adaptation steps (the support set is read once)")
     ax.set_ylabel(f"{next(iter(curves.values())).metric} (mean ± 95% CI)")
     ax.set_xticks(next(iter(curves.values())).steps)
     ax.set_title(title)
@@ -133,15 +152,24 @@ def plot(curves: Mapping[str, AdaptationCurve], path: Path, title: str) -> None:
 
 
 def write_report(
-    curves: Mapping[str, AdaptationCurve], out_dir: Path, stem: str, title: str
+    curves: Mapping[str, AdaptationCurve],
+    out_dir: Path,
+    stem: str,
+    title: str,
+    unit: str = "adaptation steps",
 ) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; returns their paths."""
+    """Write ``<stem>.json``, ``<stem>.md`` and ``<stem>.png`` into ``out_dir``; returns their paths.
+
+    ``unit`` is what one step of the curves is (:func:`step_unit`): the table's columns and the plot's
+    x-axis say it.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {ext: out_dir / f"{stem}.{ext}" for ext in ("json", "md", "png")}
     document = json.dumps({name: c.to_dict() for name, c in curves.items()}, indent=2) + "\n"
     atomic.write_text(paths["json"], document)  # every file whole or not at all (metarl.atomic)
-    atomic.write_text(paths["md"], f"# {title}\n\n{markdown_table(curves)}\n")
+    caption = f"One step: {unit}." if unit else "No adaptation steps: the support set is read once."
+    atomic.write_text(paths["md"], f"# {title}\n\n{markdown_table(curves, unit)}\n\n{caption}\n")
     png = io.BytesIO()
-    plot(curves, png, title)  # type: ignore[arg-type]  # matplotlib writes PNG to a file object
+    plot(curves, png, title, unit)  # type: ignore[arg-type]  # matplotlib writes PNG to a file object
     atomic.write_bytes(paths["png"], png.getvalue())
     return paths

@@ -79,16 +79,18 @@ def check_family(env: gym.Env) -> list[str]:
     task = tasks["train"][0]
     name = type(task).__name__
     if not dataclasses.is_dataclass(task) or isinstance(task, type):
-        return [*problems, f"its task ({name}) is not a dataclass instance: declare it with @dataclass(frozen=True)"]
+        return [*problems, f"its task ({name}) is not a dataclass instance: use @dataclass(frozen=True)"]
     if not type(task).__dataclass_params__.frozen:  # type: ignore[attr-defined]
         problems.append(f"its task class {name} is not frozen: declare it with @dataclass(frozen=True)")
     for candidate in (*tasks["train"], *tasks["test"]):
         if type(candidate) is not type(task):
-            return [*problems, f"sample_tasks returns tasks of several classes ({name}, {type(candidate).__name__})"]
+            other = type(candidate).__name__
+            return [*problems, f"sample_tasks returns tasks of several classes ({name}, {other})"]
         try:
             rebuilt = task_from_dict(type(task), json.loads(json.dumps(task_to_dict(candidate))))
         except Exception as exc:  # json, the dataclass constructor or its __post_init__
-            return [*problems, f"its task {candidate!r} is not JSON-serialisable ({type(exc).__name__}: {_one_line(exc)})"]
+            why = f"{type(exc).__name__}: {_one_line(exc)}"
+            return [*problems, f"its task {candidate!r} is not JSON-serialisable ({why})"]
         if _safe_equal(rebuilt, candidate) is not True:
             return [*problems, f"its task {candidate!r} does not round-trip through JSON (got {rebuilt!r})"]
 
@@ -118,11 +120,16 @@ def check_family(env: gym.Env) -> list[str]:
         env.reset()
         after_plain = family.get_task()
     except Exception as exc:
-        return [*problems, f"reset(options={{'task': ...}}) / reset() raised {type(exc).__name__}: {_one_line(exc)}"]
+        why = f"{type(exc).__name__}: {_one_line(exc)}"
+        return [*problems, f"reset(options={{'task': ...}}) / reset() raised {why}"]
     if _safe_equal(after_options, second) is not True:
-        problems.append(f"reset(options={{'task': {second!r}}}) did not set the task (get_task() is {after_options!r})")
+        problems.append(
+            f"reset(options={{'task': {second!r}}}) did not set the task (get_task() is {after_options!r})"
+        )
     elif _safe_equal(after_plain, second) is not True:
-        problems.append(f"the task is lost on a plain reset(): get_task() changed from {second!r} to {after_plain!r}")
+        problems.append(
+            f"the task is lost on a plain reset(): get_task() changed from {second!r} to {after_plain!r}"
+        )
     try:
         env.action_space.seed(0)
         env.step(env.action_space.sample())
@@ -220,7 +227,7 @@ def env_factory(
     probe.close()
     if problems:
         raise ConfigError(
-            f"env.id {env_id!r} breaks the task-family contract (envs/base.py; details: metarl check-family): "
+            f"env.id {env_id!r} breaks the task-family contract (envs/base.py; metarl check-family): "
             + "; ".join(problems)
         )
     return make

@@ -52,7 +52,7 @@ class Episodes(NamedTuple):
 
 
 class GymBatchedEnv:
-    """Gymnasium copies of any task family behind the batched-env protocol (:class:`envs.base.BatchedTaskEnv`).
+    """Gymnasium copies of any task family behind the batched-env protocol (``envs.base.BatchedTaskEnv``).
 
     One copy per ``(task, env)`` pair, rows ordered task-major like the batched families. The first
     :meth:`reset` resets copy ``i`` with ``seed=seeds[i]`` (drawn from ``seed``) and

@@ -478,25 +478,40 @@ def load_run(
 def evaluate(
     run_dir: Path,
     split: str = "test",
-    num_tasks: int = 40,
-    steps: int = 3,
+    num_tasks: int | None = None,
+    steps: int | None = None,
     which: str = "latest",
     device: str | None = None,
     trust_code: bool = False,
 ) -> tuple[AdaptationCurve, dict[str, Path]]:
-    """The adaptation table of a trained run on ``num_tasks`` tasks of ``split``; writes JSON/MD/PNG."""
-    from metarl.evaluation import markdown_table, write_report
+    """The adaptation table of a trained run; writes ``eval/<which>_<split>.{json,md,png}``.
+
+    Defaults are the run's own: ``num_tasks = run.eval_tasks``, ``steps = run.eval_steps`` and, for
+    ``split = "test"``, the held-out tasks of its ``tasks.json`` (more tasks than it holds continue the same
+    held-out stream). The evaluation draws its random numbers from ``run.eval_seed``
+    (:func:`metarl.core.evaluation_randomness`), exactly as the training-time evaluation does, so the same
+    checkpoint, tasks and steps give the number the training printed (``meta_test/*`` of that iteration).
+    A learner with no adaptation steps (ProtoNets, Matching Nets, SNAIL) is evaluated once (one point).
+    """
+    from metarl.evaluation import markdown_table, step_unit, write_report
 
     exp = load_run(run_dir, which, device, trust_code=trust_code)
-    seed = exp.config.run.eval_seed
+    run = exp.config.run
+    num_tasks = run.eval_tasks if num_tasks is None else num_tasks
+    unit = step_unit(exp.learner)
+    steps = 0 if not unit else (run.eval_steps if steps is None else steps)
     if split == "test":
-        tasks = exp.tasks.held_out(num_tasks, seed=seed)
+        saved = _held_out_from_file(exp, Path(run_dir))
+        more = num_tasks > len(saved)  # beyond tasks.json: the same held-out stream, continued
+        tasks = exp.tasks.held_out(num_tasks, seed=run.eval_seed) if more else saved[:num_tasks]
     else:
-        tasks = exp.tasks.sample(num_tasks, split=split, rng=np.random.default_rng(seed))
-    with evaluation_randomness(exp.learner, seed):  # the numbers the training-time evaluation printed
+        tasks = exp.tasks.sample(num_tasks, split=split, rng=np.random.default_rng(run.eval_seed))
+    print(f"evaluating {exp.config.algo_name} ({which} checkpoint): {num_tasks} {split} tasks, {steps} steps")
+    with evaluation_randomness(exp.learner, run.eval_seed):  # the training-time evaluation's numbers
         curve = evaluate_adaptation(exp.learner, tasks, steps)
     source = exp.config.env.id if exp.config.env is not None else exp.config.data.dataset
-    title = f"{exp.config.algo_name} on {source}: {num_tasks} {split} tasks ({which})"
-    paths = write_report({exp.config.algo_name: curve}, Path(run_dir) / "eval", f"adaptation_{split}", title)
-    print(markdown_table({exp.config.algo_name: curve}))
+    title = f"{exp.config.algo_name} on {source}: {num_tasks} {split} tasks ({which} checkpoint)"
+    stem = f"{which}_{split}"
+    paths = write_report({exp.config.algo_name: curve}, Path(run_dir) / "eval", stem, title, unit)
+    print(markdown_table({exp.config.algo_name: curve}, unit))
     return curve, paths

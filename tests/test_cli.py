@@ -81,10 +81,10 @@ def test_evaluate_prints_and_writes_the_table(trained_run: Path) -> None:
     proc = run_cli("evaluate", str(trained_run), "--num-tasks", "5", "--steps", "2")
     assert proc.returncode == 0, proc.stderr
     assert "return after 0 steps" in proc.stdout and "return after 2 steps" in proc.stdout
-    result = json.loads((trained_run / "eval" / "adaptation_test.json").read_text())["maml_rl"]
+    result = json.loads((trained_run / "eval" / "latest_test.json").read_text())["maml_rl"]
     assert result["num_tasks"] == 5 and len(result["mean"]) == 3 and len(result["ci95"]) == 3
-    assert (trained_run / "eval" / "adaptation_test.md").read_text().startswith("# maml_rl")
-    assert (trained_run / "eval" / "adaptation_test.png").read_bytes()[:4] == b"\x89PNG"
+    assert (trained_run / "eval" / "latest_test.md").read_text().startswith("# maml_rl")
+    assert (trained_run / "eval" / "latest_test.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_list_shows_families_and_algorithms() -> None:

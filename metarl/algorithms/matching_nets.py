@@ -162,6 +162,7 @@ class MatchingNets(MetaLearner[FewShotBatch, MatchingState]):
 
     metric_name = "accuracy"
     higher_is_better = True
+    step_unit = ""  # no adaptation steps: the support set is read once
 
     def __init__(self, config: MatchingNetsConfig, tasks: EpisodeSampler, device: torch.device) -> None:
         self.config, self.tasks, self.device = config, tasks, device

@@ -109,6 +109,7 @@ class ProtoNets(MetaLearner[FewShotBatch, ProtoState]):
 
     metric_name = "accuracy"
     higher_is_better = True
+    step_unit = ""  # no adaptation steps: the support set is read once
 
     def __init__(self, config: ProtoNetsConfig, tasks: EpisodeSampler, device: torch.device) -> None:
         self.config, self.tasks, self.device = config, tasks, device

@@ -289,6 +289,10 @@ class RL2(MetaLearner[Segment, RL2State]):
         #: running ``(E[R], E[R²], weight)`` of the λ-returns (debiased EMA) for ``normalize_values``
         self.value_stats = torch.zeros(3, dtype=torch.float64)
         if config.init_from:
+    @property
+    def step_unit(self) -> str:
+        return f"RL² segments of {self.segment_steps} steps (trial continues; hidden state carried)"
+
             source = _learner_state_of(config.init_from)
             # the value head predicts normalised values: its normaliser must come with it, or the first
             # updates regress on targets of another scale and the advantages are noise

@@ -277,6 +277,7 @@ class SNAIL(MetaLearner[FewShotBatch, SNAILState]):
 
     metric_name = "accuracy"
     higher_is_better = True
+    step_unit = ""  # no adaptation steps: the support set is read once
 
     def __init__(
         self, config: SNAILConfig, tasks: EpisodeSampler, device: torch.device, seed: int = 0

@@ -161,6 +161,8 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
         seed: draws the fixed replay batch of the regularised loss.
     """
 
+    step_unit = "fine-tuning steps on the support set"
+
     def __init__(
         self,
         config: TransferConfig,
