@@ -1,4 +1,4 @@
-"""RL² ablation on 10-armed Bernoulli bandits, n = 100: value network, GAE λ, learning rate, trials per update.
+"""RL² ablation on 10-armed bandits, n = 100: value network, GAE λ, learning rate, trials per update.
 
 Duan et al. 2016 (arXiv:1611.02779), Table 1, row n = 100, k = 10. Every setting changes the preset
 ``experiments/rl2_bandit_k10_n100.toml`` in one or more keys and trains **from scratch** for the same number
@@ -60,7 +60,10 @@ def iterations_for(config: Path, overrides: dict[str, str], env_steps: float) ->
     return max(1, math.ceil(env_steps / (trials * int(raw["env"]["max_episode_steps"]))))
 
 
-def train(config: Path, run_dir: Path, overrides: dict[str, str], iterations: int, val_seed: int) -> subprocess.Popen:
+def train(
+    config: Path, run_dir: Path, overrides: dict[str, str], iterations: int, val_seed: int
+) -> subprocess.Popen:
+    """Start ``metarl train`` of one setting from scratch (validation instances for its evaluation)."""
     sets = {
         "algo.init_from": '""',
         "run.iterations": str(iterations),
@@ -100,11 +103,13 @@ def score(run_dir: Path, instances: int, trials: int, seed: int) -> dict[str, fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "rl2_bandit_k10_n100.toml")
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS), help="names from SETTINGS")
-    parser.add_argument("--setting", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE (a combination)")
-    parser.add_argument("--env-steps", type=float, default=5e6, help="pulls per run (equal for every setting)")
+    parser.add_argument("--setting", action="append", default=[], help="NAME:KEY=VALUE,KEY=VALUE (a combo)")
+    parser.add_argument("--env-steps", type=float, default=5e6, help="pulls per run (equal for all settings)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (one torch thread each)")
     parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "rl2_ablation")
     parser.add_argument("--val-instances", type=int, default=1000)
@@ -134,7 +139,8 @@ def main() -> None:
                 name, proc, start = item
                 if proc.poll() is not None:
                     running.remove(item)
-                    print(f"{name}: exit {proc.returncode} after {time.perf_counter() - start:.0f} s", flush=True)
+                    elapsed = time.perf_counter() - start
+                    print(f"{name}: exit {proc.returncode} after {elapsed:.0f} s", flush=True)
 
     results = {}
     for name, overrides in chosen.items():
@@ -142,9 +148,14 @@ def main() -> None:
         if not (run_dir / "checkpoints" / "latest.pt").is_file():
             print(f"{name}: no checkpoint in {run_dir}", file=sys.stderr)
             continue
-        results[name] = {"overrides": overrides, **score(run_dir, args.val_instances, args.val_trials, args.val_seed)}
-    print(f"\nValidation: {args.val_instances} instances (test split, seed {args.val_seed}) × {args.val_trials} trials\n")
-    print("| setting | overrides | iterations | env steps | train wall (s) | final entropy | validation score ± 95% CI |")
+        scored = score(run_dir, args.val_instances, args.val_trials, args.val_seed)
+        results[name] = {"overrides": overrides, **scored}
+    split = f"{args.val_instances} instances (test split, seed {args.val_seed}) × {args.val_trials} trials"
+    print(f"\nValidation: {split}\n")
+    print(
+        "| setting | overrides | iterations | env steps | train wall (s) | final entropy "
+        "| validation score ± 95% CI |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         keys = ", ".join(f"{k} = {v}" for k, v in r["overrides"].items()) or "—"

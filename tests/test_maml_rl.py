@@ -146,7 +146,16 @@ def test_adaptation_beats_no_adaptation_on_held_out_tasks() -> None:
     assert post - pre > ci_pre + ci_post, curve
 
 
-@pytest.mark.parametrize("bad", [{"meta_batch_size": 0}, {"gae_lambda": 2.0}, {"test_inner_lrs": ()}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"meta_batch_size": 0},
+        {"gae_lambda": 2.0},
+        {"test_inner_lrs": ()},
+        {"fvp": "exact"},
+        {"fvp_task_chunk": -1},
+    ],
+)
 def test_config_rejects_bad_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         MAMLRLConfig(**bad)

@@ -98,8 +98,9 @@ def tiny_meta_batch(learner: MAMLRL, family: FamilyTaskSampler):
     return support, query, learner._old_policy(adapted, query)
 
 
-def test_trpo_step_satisfies_the_trust_region_and_improves_the_surrogate() -> None:
-    learner, family = make_learner()
+@pytest.mark.parametrize("fvp", ["gauss_newton", "hessian"])
+def test_trpo_step_satisfies_the_trust_region_and_improves_the_surrogate(fvp: str) -> None:
+    learner, family = make_learner(fvp=fvp)
     support, query, old = tiny_meta_batch(learner, family)
     before = {k: v.detach().clone() for k, v in learner.meta_parameters().items()}
     metrics = learner._trpo_step([support], query, old)
@@ -112,6 +113,54 @@ def test_trpo_step_satisfies_the_trust_region_and_improves_the_surrogate() -> No
     assert loss_after < loss_before
     assert metrics["losses/kl"] == pytest.approx(kl.item(), rel=1e-4)
     assert any(not torch.equal(before[k], v) for k, v in learner.meta_parameters().items())
+
+
+def _meta_batch(learner: MAMLRL, family: FamilyTaskSampler, tasks: int = 4):
+    """Support batches of every inner step, the query and the sampling-time adapted policies."""
+    held_out = family.held_out(tasks, seed=1)
+    params, supports = learner.initial(held_out), []
+    meta = {k: v.detach() for k, v in learner.meta_parameters().items()}
+    for step in range(learner.config.num_inner_steps):
+        supports.append(learner.support(held_out, params, step))
+        params = learner._inner_step(params, supports[-1], learner._lr(meta, step, True), False)
+    query = learner.support(held_out, params, learner.config.num_inner_steps)
+    return supports, query, learner._old_policy(params, query)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"fvp_task_chunk": 1},
+        {"num_inner_steps": 2, "inner_lrs": (0.1, 0.05), "learn_inner_lr": True, "fvp_task_chunk": 3},
+        {"first_order": True},
+        {"fvp_subsample": 0.5},
+        {"kl_constraint": "pre_update", "fvp_subsample": 0.5},
+        {"num_inner_steps": 0},
+    ],
+)
+def test_gauss_newton_products_equal_the_kl_hessian_at_theta_old(overrides: dict) -> None:
+    """At θ_old the KL's gradient in (μ, log σ) is zero, so ``Jᵀ M J v`` is its Hessian-vector product: the
+    chained reverse-mode products match the double backward of ``∇KL`` (and the gradient matches too)."""
+    learner, family = make_learner(hidden_sizes=(16, 16), **overrides)
+    supports, query, old = _meta_batch(learner, family)
+    meta = learner.meta_parameters()
+    leaves = list(meta.values())
+    cfg = learner.config
+    log_probs, _ = learner._query_terms(meta, supports, query, old, not cfg.first_order)
+    loss = learner._ratio_loss(log_probs, old, query)
+    gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, leaves)])
+    kl = learner._constraint_kl(supports, query, old, cfg.fvp_subsample)(meta, not cfg.first_order)
+    kl_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl, leaves, create_graph=True)])
+    loss_gn, gradient_gn, product = learner._gauss_newton_terms(supports, query, old)
+    assert loss_gn == pytest.approx(loss.item(), abs=1e-6)
+    torch.testing.assert_close(gradient_gn, gradient, rtol=0, atol=1e-5 * gradient.abs().max().item())
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        v = torch.randn(kl_grad.numel(), generator=gen)
+        exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True)])
+        torch.testing.assert_close(product(v), exact, rtol=0, atol=1e-5 * exact.abs().max().item())
+        assert v @ exact > 0
 
 
 def test_pre_update_trust_region_bounds_the_meta_policy_kl() -> None:

@@ -73,6 +73,76 @@ def test_config_rejects_bad_values() -> None:
         RL2Config(gae_lambda=1.5)
     with pytest.raises(ValueError, match="num_minibatches"):
         RL2Config(meta_batch_size=2, num_minibatches=4)
+    with pytest.raises(ValueError, match="value_network"):
+        RL2Config(value_network="twin")  # type: ignore[arg-type]
+    with pytest.raises(Exception, match="algo.value_network.*shared, separate"):
+        build(bandit_env(), episodes_per_trial=1, value_network="twin")
+
+
+def _trial_inputs(learner: RL2, rows: int = 6, steps: int = 7) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    return torch.rand(steps, rows, learner.input_dim, generator=generator)
+
+
+def _grad_size(param: torch.Tensor) -> float:
+    return 0.0 if param.grad is None else float(param.grad.abs().sum())
+
+
+def test_separate_value_network_keeps_the_value_gradient_off_the_policy() -> None:
+    _, learner = build(bandit_env(), episodes_per_trial=1, hidden_size=8, value_network="separate")
+    net = learner.net
+    assert net.state_size == 16 and learner.initial(["a", "b"]).hidden.shape == (2, 16)
+    inputs = _trial_inputs(learner)
+    head, values, last = net(inputs, torch.zeros(inputs.shape[1], net.state_size))
+    values.square().sum().backward()
+    policy_side = [net.gru.weight_ih_l0, net.gru.weight_hh_l0, net.gru.bias_hh_l0, net.policy_head.weight]
+    assert all(_grad_size(p) == 0.0 for p in policy_side)
+    assert _grad_size(net.value_gru.weight_hh_l0) > 0 and _grad_size(net.value_gru.weight_ih_l0) > 0
+    net.zero_grad()
+    head.square().sum().backward()  # and the policy's loss does not reach the value network
+    assert _grad_size(net.value_gru.weight_hh_l0) == 0.0 and _grad_size(net.value_head.weight) == 0.0
+    assert _grad_size(net.gru.weight_hh_l0) > 0
+    # the state is [h_policy, h_value]: running the two halves of a trial in turn equals one pass
+    first, _, mid = net(inputs[:3], torch.zeros(inputs.shape[1], 16))
+    second, values2, last2 = net(inputs[3:], mid)
+    torch.testing.assert_close(torch.cat([first, second]), head, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(values2, values[3:], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(last2, last, atol=1e-6, rtol=1e-5)
+
+
+def test_shared_value_network_is_one_gru_feeding_both_heads() -> None:
+    """``value_network = "shared"`` is the network metarl trained before the option existed: the same
+    initial weights for a seed (the value GRU is created last) and one ``nn.GRU`` under both heads."""
+    _, shared = build(bandit_env(), episodes_per_trial=1, hidden_size=8)
+    _, separate = build(bandit_env(), episodes_per_trial=1, hidden_size=8, value_network="separate")
+    assert shared.net.value_gru is None and shared.net.state_size == 8
+    for name, value in shared.net.state_dict().items():
+        torch.testing.assert_close(separate.net.state_dict()[name], value, rtol=0, atol=0)
+    inputs = _trial_inputs(shared)
+    net = shared.net
+    out, last = net.gru(inputs, torch.zeros(1, inputs.shape[1], 8))
+    head, values, state = net(inputs, torch.zeros(inputs.shape[1], 8))
+    torch.testing.assert_close(head, net.policy_head(out), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(values, net.value_head(out).squeeze(-1), atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(state, last[0], atol=1e-6, rtol=1e-5)
+
+
+def test_shared_value_network_reproduces_the_learner_before_the_option() -> None:
+    """Two PPO updates with a fixed seed give the numbers the learner gave before ``value_network`` existed
+    (recorded with commit dcb083f's rl2.py; equal bit for bit on the machine that recorded them)."""
+    sampler, learner = build(
+        bandit_env(5, 10), episodes_per_trial=1, segments_per_episode=5, hidden_size=8, meta_batch_size=32
+    )
+    rng = np.random.default_rng(0)
+    recorded = [
+        [5.5625, -0.0007417500019073486, 0.47987329959869385, 1.6094245910644531],
+        [4.875, -0.00044624507427215576, 0.574114978313446, 1.609398603439331],
+    ]
+    for expected in recorded:
+        m = learner.meta_update(sampler.sample(32, split="train", rng=rng))
+        keys = ("meta_train/trial_return", "losses/policy_loss", "losses/value_loss", "losses/entropy")
+        got = [m[key] for key in keys]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
 
 
 # ------------------------------------------------------------------------------------------ trial semantics

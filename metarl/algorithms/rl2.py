@@ -55,7 +55,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -86,6 +86,11 @@ class RL2Config:
         segments_per_episode: adaptation segments per episode (the unit of ``support``/``evaluate``): 1
             (one segment = one episode) or, for bandits only, the number of equal chunks of pulls.
         hidden_size: GRU units (256: lucaslingle/pytorch_rl2; garage uses 64).
+        value_network: ``"separate"``: the value function has its own GRU of ``hidden_size`` units reading
+            the same inputs (the paper's setup and lucaslingle/pytorch_rl2's), so the value loss's gradient
+            never reaches the policy's parameters; ``"shared"``: one GRU feeds both heads (garage's
+            ``RL2PPO``, metarl before the ablation of ``experiments/rl2_report.md``), which lets the value
+            loss take most of the clipped gradient once trial returns are large.
         lr: Adam step size (2e-4: lucaslingle).
         ppo_epochs: passes over the trials per iteration (4: CleanRL ``update_epochs``).
         num_minibatches: minibatches of whole trials per pass (4: CleanRL).
@@ -113,6 +118,7 @@ class RL2Config:
     episodes_per_trial: int = 10
     segments_per_episode: int = 1
     hidden_size: int = 256
+    value_network: Literal["shared", "separate"] = "shared"
     lr: float = 2e-4
     ppo_epochs: int = 4
     num_minibatches: int = 4
@@ -151,6 +157,8 @@ class RL2Config:
         if not 0 <= self.gae_lambda <= 1:
             raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
         checks.at_least(self, 0, "entropy_coef", "value_coef")
+        if self.value_network not in ("shared", "separate"):
+            raise ValueError(f"value_network must be 'shared' or 'separate', got {self.value_network!r}")
         if self.num_minibatches > self.meta_batch_size * self.trials_per_task:
             raise ValueError(
                 f"num_minibatches ({self.num_minibatches}) exceeds the trials per iteration "
@@ -162,14 +170,31 @@ class RL2Config:
         return self.episodes_per_trial * self.segments_per_episode
 
 
-# ---------------------------------------------------------------------------------------------- losses
+# ---------------------------------------------------------------------------------------------- network
 
 
 class RL2Network(nn.Module):
-    """GRU → (policy head, value head). Discrete: logits; continuous: Gaussian mean and a learned log σ."""
+    """GRU → (policy head, value head). Discrete: logits; continuous: Gaussian mean and a learned log σ.
+
+    Args:
+        input_dim: size of the RL² input ``(o_t, a_{t−1}, r_{t−1}, d_t)``.
+        hidden_size: units of each GRU.
+        action_dim: actions (discrete) or action dimensions (continuous).
+        discrete: categorical policy over ``action_dim`` actions, else a diagonal Gaussian.
+        init_log_std: initial log σ of the Gaussian policy.
+        separate_value: a second GRU (``value_gru``) feeds the value head, so the value loss's gradient
+            never reaches the policy's GRU (:attr:`RL2Config.value_network`). The recurrent state is then
+            the concatenation ``[h_policy, h_value]`` (:attr:`state_size` ``= 2·hidden_size``).
+    """
 
     def __init__(
-        self, input_dim: int, hidden_size: int, action_dim: int, discrete: bool, init_log_std: float
+        self,
+        input_dim: int,
+        hidden_size: int,
+        action_dim: int,
+        discrete: bool,
+        init_log_std: float,
+        separate_value: bool = False,
     ) -> None:
         super().__init__()
         self.gru = nn.GRU(input_dim, hidden_size)
@@ -181,13 +206,24 @@ class RL2Network(nn.Module):
         nn.init.zeros_(self.value_head.bias)
         self.discrete = discrete
         self.log_std = None if discrete else nn.Parameter(torch.full((action_dim,), init_log_std))
+        # created last, so that a shared network draws exactly the initial weights it always did
+        self.value_gru = nn.GRU(input_dim, hidden_size) if separate_value else None
+        self.hidden_size = hidden_size
+        self.state_size = hidden_size * (2 if separate_value else 1)
 
     def forward(
         self, inputs: torch.Tensor, hidden: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``inputs [L, B, in]``, ``hidden [B, H]`` → ``(head [L, B, A], values [L, B], hidden [B, H])``."""
-        out, last = self.gru(inputs, hidden.unsqueeze(0))
-        return self.policy_head(out), self.value_head(out).squeeze(-1), last.squeeze(0)
+        """``inputs [L, B, in]``, ``hidden [B, S]`` → ``(head [L, B, A], values [L, B], hidden [B, S])``
+        with ``S`` = :attr:`state_size`."""
+        if self.value_gru is None:
+            out, last = self.gru(inputs, hidden.unsqueeze(0))
+            return self.policy_head(out), self.value_head(out).squeeze(-1), last.squeeze(0)
+        h_policy, h_value = hidden.split(self.hidden_size, dim=-1)
+        out, last = self.gru(inputs, h_policy.unsqueeze(0))
+        value_out, value_last = self.value_gru(inputs, h_value.unsqueeze(0))
+        state = torch.cat([last.squeeze(0), value_last.squeeze(0)], dim=-1)
+        return self.policy_head(out), self.value_head(value_out).squeeze(-1), state
 
     def log_prob_entropy(
         self, head: torch.Tensor, actions: torch.Tensor
@@ -220,7 +256,7 @@ class RL2State(NamedTuple):
     is a positive multiple of ``segments_per_episode``).
     """
 
-    hidden: torch.Tensor  # [B, H]
+    hidden: torch.Tensor  # [B, S]: the GRUs' states (RL2Network.state_size)
     prev_action: torch.Tensor  # [B, A] one-hot or executed action
     prev_reward: torch.Tensor  # [B]
     segment: int
@@ -253,6 +289,10 @@ class RL2(MetaLearner[Segment, RL2State]):
     metric_name = "return"
     higher_is_better = True
 
+    @property
+    def step_unit(self) -> str:
+        return f"RL² segments of {self.segment_steps} steps (trial continues; hidden state carried)"
+
     def __init__(
         self,
         config: RL2Config,
@@ -284,15 +324,16 @@ class RL2(MetaLearner[Segment, RL2State]):
         self.input_dim = self.obs_dim + self.action_dim + 2
         with seeded(seed):
             self.net = RL2Network(
-                self.input_dim, config.hidden_size, self.action_dim, self.discrete, config.init_log_std
+                self.input_dim,
+                config.hidden_size,
+                self.action_dim,
+                self.discrete,
+                config.init_log_std,
+                separate_value=config.value_network == "separate",
             ).to(device)
         #: running ``(E[R], E[R²], weight)`` of the λ-returns (debiased EMA) for ``normalize_values``
         self.value_stats = torch.zeros(3, dtype=torch.float64)
         if config.init_from:
-    @property
-    def step_unit(self) -> str:
-        return f"RL² segments of {self.segment_steps} steps (trial continues; hidden state carried)"
-
             source = _learner_state_of(config.init_from)
             # the value head predicts normalised values: its normaliser must come with it, or the first
             # updates regress on targets of another scale and the advantages are noise
@@ -313,7 +354,7 @@ class RL2(MetaLearner[Segment, RL2State]):
     def _zero_state(self, rows: int) -> RL2State:
         zeros = torch.zeros(rows, device=self.device)
         return RL2State(
-            torch.zeros(rows, self.config.hidden_size, device=self.device),
+            torch.zeros(rows, self.net.state_size, device=self.device),
             torch.zeros(rows, self.action_dim, device=self.device),
             zeros,
             0,
@@ -442,7 +483,7 @@ class RL2(MetaLearner[Segment, RL2State]):
         self._update_value_stats(returns[traj.mask > 0])
         mean, std = self._value_scale()
         targets = (returns - mean) / std  # what the value head regresses on
-        hidden0 = torch.zeros(rows, cfg.hidden_size, device=self.device)
+        hidden0 = torch.zeros(rows, self.net.state_size, device=self.device)
         size = math.ceil(rows / cfg.num_minibatches)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(rows, generator=self.generator, device=self.device)
