@@ -5,6 +5,7 @@ still resumable, no lost metric rows, and an exact resume afterwards (README, "R
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -12,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -394,6 +396,54 @@ def test_full_disk_stops_cleanly_and_resumes_exactly(
     assert not list(run_dir.rglob("*.tmp"))
     assert cli(capsys, "train", config, "--run-dir", run_dir, "--resume")[0] == 0
     assert rows(run_dir) == rows(reference)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[bool]:
+    """Mount a tmpfs of ``size`` at ``path``; yields whether that was allowed (root with CAP_SYS_ADMIN)."""
+    path.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]
+    mounted = shutil.which("mount") is not None and subprocess.run(cmd, capture_output=True).returncode == 0
+    try:
+        yield mounted
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True, capture_output=True)
+
+
+def test_a_real_full_then_read_only_disk(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on a 40 KiB tmpfs fills it (a checkpoint, a metrics row or a TensorBoard event cannot be
+    written), the same disk remounted read-only refuses a resume without changing a file, and once there
+    is room the run resumes exactly. Where mounting is not allowed, patched writes fail the same way."""
+    config = write_config(tmp_path)
+    disk = tmp_path / "disk"
+    run_dir = disk / "run"
+    with tmpfs(disk, "40k") as mounted:
+        if not mounted:
+            raise_on_write(monkeypatch, errno.ENOSPC, "latest.pt", after=2)
+        fails(capsys, 2, "No space left on device", "train", config, "--run-dir", run_dir)
+        monkeypatch.undo()
+        state = learner_state(run_dir)
+        assert state["iteration"] < 6 and checkpoint.first_non_finite(state["learner"]) is None
+        if mounted:
+            remount(disk, "ro")
+        else:
+            raise_on_write(monkeypatch, errno.EROFS, "*")
+        before = snapshot(run_dir)
+        fails(capsys, 2, "Read-only file system", "train", config, "--run-dir", run_dir, "--resume")
+        assert snapshot(run_dir) == before
+        monkeypatch.undo()
+        if mounted:
+            remount(disk, "rw,size=16m")
+        assert cli(capsys, "train", config, "--run-dir", run_dir, "--resume")[0] == 0
+        assert rows(run_dir) == rows(reference)
+        assert_same_state(learner_state(run_dir)["learner"], learner_state(reference)["learner"])
 
 
 def test_read_only_file_system(
