@@ -679,3 +679,30 @@ def test_a_run_dir_naming_a_module_needs_trust_code(
     assert not marker.exists()
     code, lines = cli(capsys, "evaluate", copy, "--trust-code")
     assert code == 2 and len(lines) == 1 and marker.exists()  # imported on request (it defines no family)
+
+
+def test_compare_loads_a_planted_run_dir_only_with_trust_code(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from metarl.compare import MetaMethod, _load_meta
+    from metarl.errors import RunDirError
+
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_compare.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    saved = json.loads((copy / "config.json").read_text())
+    saved["env"]["id"] = "planted_compare:Family"
+    (copy / "config.json").write_text(json.dumps(saved))
+    method = MetaMethod(run=str(copy), checkpoint="latest")
+    with pytest.raises(RunDirError, match="would import the Python module 'planted_compare'"):
+        _load_meta(method, "cpu", None, trust_code=False, env_id="metarl/Navigation2D-v0")
+    assert not marker.exists()
+    # the comparison's own [env] id is the user's, hence trusted; so is --trust-code
+    for kwargs in ({"env_id": "planted_compare:Family"}, {"trust_code": True}):
+        with pytest.raises(Exception):  # noqa: B017  # imported, then no such family: any error will do
+            _load_meta(method, "cpu", None, **kwargs)
+        assert marker.exists()
+        marker.unlink()
+        sys.modules.pop("planted_compare", None)  # import it afresh the next time
