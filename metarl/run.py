@@ -254,13 +254,13 @@ def _load_learner(learner: MetaLearner[Any, Any], path: Path) -> tuple[dict[str,
 def _held_out_from_file(exp: Experiment, run_dir: Path) -> list[Task]:
     path = run_dir / TASKS_FILE
     if not path.is_file():
-        raise RunDirError(f"cannot resume {str(run_dir)!r}: {TASKS_FILE} is missing")
+        raise RunDirError(f"run dir {str(run_dir)!r}: {TASKS_FILE} is missing")
     try:
         return exp.held_out_tasks(run_dir)
     except MetarlError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"cannot resume {str(run_dir)!r}: {TASKS_FILE} is corrupted ({exc})") from None
+        raise RunDirError(f"run dir {str(run_dir)!r}: {TASKS_FILE} is corrupted ({exc})") from None
 
 
 def _hint(config: ExperimentConfig) -> str:
