@@ -232,6 +232,23 @@ def test_every_outer_loop_updates_and_logs(outer: str) -> None:
         assert 0 <= metrics["losses/clip_fraction"] <= 1
 
 
+def test_outer_threads_apply_to_the_outer_update_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    learner, family = make_learner(outer_threads=2)
+    seen: list[int] = []
+    trpo_step = learner._trpo_step
+
+    def spy(*args: object) -> dict[str, float]:
+        seen.append(torch.get_num_threads())
+        return trpo_step(*args)
+
+    monkeypatch.setattr(learner, "_trpo_step", spy)
+    before = torch.get_num_threads()
+    learner.meta_update(family.held_out(3, seed=2))
+    assert seen == [2] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="outer_threads"):
+        MAMLRLConfig(outer_threads=-1)
+
+
 def test_inner_lrs_give_one_step_size_per_step() -> None:
     assert MAMLRLConfig(num_inner_steps=2, inner_lrs=(0.1, 0.05)).step_lrs == (0.1, 0.05)
     assert MAMLRLConfig(num_inner_steps=3, inner_lr=0.2).step_lrs == (0.2, 0.2, 0.2)

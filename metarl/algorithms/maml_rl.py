@@ -124,6 +124,10 @@ class MAMLRLConfig:
         cg_damping: Tikhonov damping added to the Fisher-vector product (1e-5; rllab ``reg_coeff``).
         line_search_steps: backtracking candidates (15; rllab ``backtrack_ratio`` search).
         line_search_decay: shrink factor between candidates (0.8; rllab).
+        outer_threads: torch CPU threads for the outer update only (0: the process's setting,
+            ``run.num_threads``). Sampling keeps its threads (the MuJoCo fast path steps the physics on every
+            core by itself), so the cores it leaves idle can serve the outer step; the setting is restored
+            after the update.
         outer_lr: Adam step size of the ``ppo`` and ``vpg`` outer loops (1e-3; garage, ProMP).
         ppo_clip: PPO clip range ε (0.3 ProMP; garage uses 0.5).
         ppo_epochs: Adam steps per meta-iteration on the same query data (5; ProMP ``num_ppo_steps``).
@@ -154,6 +158,7 @@ class MAMLRLConfig:
     cg_damping: float = 1e-5
     line_search_steps: int = 15
     line_search_decay: float = 0.8
+    outer_threads: int = 0
     outer_lr: float = 1e-3
     ppo_clip: float = 0.3
     ppo_epochs: int = 5
@@ -180,6 +185,8 @@ class MAMLRLConfig:
         checks.positive(self, *positive)
         if self.num_inner_steps < 0:
             raise ValueError(f"num_inner_steps must be >= 0, got {self.num_inner_steps}")
+        if self.outer_threads < 0:
+            raise ValueError(f"outer_threads must be >= 0 (0: the process's setting), got {self.outer_threads}")
         if self.fvp_task_chunk < 0:
             raise ValueError(f"fvp_task_chunk must be >= 0 (0: all tasks at once), got {self.fvp_task_chunk}")
         if self.fvp not in ("gauss_newton", "hessian"):
@@ -475,7 +482,13 @@ class MAMLRL(MetaLearner[Batch, Params]):
 
         to = time.perf_counter()
         outer_step = {"trpo": self._trpo_step, "ppo": self._ppo_step, "vpg": self._vpg_step}[cfg.outer]
-        metrics.update(outer_step(supports, query, self._old_policy(params, query)))
+        threads = torch.get_num_threads()
+        if cfg.outer_threads:
+            torch.set_num_threads(cfg.outer_threads)
+        try:
+            metrics.update(outer_step(supports, query, self._old_policy(params, query)))
+        finally:
+            torch.set_num_threads(threads)
         outer = time.perf_counter() - to
 
         first = supports[0] if supports else query
