@@ -25,6 +25,7 @@ non-finite value (README, "Reliability").
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import math
@@ -305,8 +306,17 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
     non-finite metric or parameter, leaving the metrics and checkpoints of the last finite iteration.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    check_run_dir(run_dir, config, resume)
     device = resolve_device(config.run.device)
+    # the run records the device it runs on ("auto" resolved): a resume elsewhere is a device change
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, device=device.type))
+    check_run_dir(run_dir, config, resume)
+    source = config.env.id if config.env is not None else config.data.dataset
+    unit = "env steps" if config.env is not None else "examples"
+    print(
+        f"metarl train: run dir {run_dir}, family {source}, learner {config.algo_name}, device {device}, "
+        f"{config.run.iterations} iterations of {config.algo.meta_batch_size} tasks ({unit} counted from "
+        "the first iteration)"
+    )
     exp = Experiment.build(config, device)
     budget.check(config, exp.learner, device)
     learner, run = exp.learner, config.run
@@ -402,11 +412,17 @@ def _loop(
             env_steps += steps
             iteration += 1
             metrics["time/env_steps_per_second"] = steps / max(time.perf_counter() - start, 1e-9)
+            if iteration == 1:
+                unit = "env steps" if config.env is not None else "examples"
+                bar.write(f"planned: {steps} {unit} per iteration, {steps * run.iterations:,} in total")
             if iteration % run.eval_every == 0 or iteration == run.iterations:
                 with evaluation_randomness(learner, run.eval_seed):  # never touches the training streams
                     curve = evaluate_adaptation(learner, held_out, run.eval_steps)
                 for k, value in enumerate(curve.mean):
                     metrics[f"meta_test/{metric}_step_{k}"] = value
+                shown = " -> ".join(f"{m:.4g}" for m in curve.mean)
+                last = len(curve.mean) - 1
+                bar.write(f"iteration {iteration}: held-out {metric} after 0..{last} steps: {shown}")
                 score = learner.selection_score(curve.mean)
                 if score > best:  # a NaN score is never the best
                     best = score
