@@ -312,3 +312,36 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(family_dir: Path) -> No
     proc = run_cli("train", "--run-dir", str(killed), "--resume", "--trust-code", env=env)
     assert proc.returncode == 0, proc.stderr
     assert metric_rows(killed) == metric_rows(full)
+
+
+HIDE_EXTRAS = "import sys; sys.modules['mujoco'] = None; sys.modules['metaworld'] = None; "
+
+
+def test_list_and_train_without_the_extras_say_how_to_install_them(tmp_path: Path) -> None:
+    """A venv without the mujoco / metaworld extras (their imports hidden): list exits 0 with the install
+    command of each missing extra; training a MuJoCo family and gym.make say the same one line."""
+    from envs.base import missing_extra
+
+    def python(code: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        return subprocess.run(
+            [sys.executable, "-c", HIDE_EXTRAS + code], capture_output=True, text=True, env=env, timeout=120
+        )
+
+    listed = python("from metarl.cli import main; sys.exit(main(['list']))")
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert all(name in listed.stdout for name in ("metarl/Navigation2D-v0", "rl2", "protonets", "maml_rl"))
+    cheetah = next(line for line in listed.stdout.splitlines() if "HalfCheetahVel" in line)
+    assert cheetah.strip().endswith('pip install "metarl[mujoco]"')
+    ml10 = next(line for line in listed.stdout.splitlines() if "ML10" in line)
+    assert ml10.strip().endswith('pip install "metarl[metaworld]"')
+
+    config = tmp_path / "cheetah.toml"
+    config.write_text('[env]\nid = "metarl/HalfCheetahVel-v0"\n[algo]\nname = "maml_rl"\n')
+    run_dir = tmp_path / "never"
+    args = ["train", str(config), "--run-dir", str(run_dir)]
+    trained = python(f"from metarl.cli import main; sys.exit(main({args!r}))")
+    assert trained.returncode == 2 and trained.stderr.strip() == f"metarl: error: {missing_extra('mujoco')}"
+    assert not run_dir.exists()
+    made = python("import envs, gymnasium as gym; gym.make('metarl/HalfCheetahVel-v0')")
+    assert made.stderr.strip().splitlines()[-1] == f"ImportError: {missing_extra('mujoco')}"
