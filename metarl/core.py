@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, TypeVar, Union
 
 import numpy as np
@@ -179,17 +179,26 @@ def evaluation_randomness(learner: MetaLearner[Any, Any], seed: int) -> Iterator
                 g.bit_generator.state = state
 
 
-def adaptation_curve(learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int) -> torch.Tensor:
+def adaptation_curve(
+    learner: MetaLearner[Any, Any],
+    tasks: Sequence[Task],
+    steps: int,
+    on_point: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """The metric after ``0..steps`` adaptation steps on each task: a ``[steps + 1, num_tasks]`` tensor.
 
     This is the one evaluation loop every meta-learner goes through; ``metarl.evaluation`` adds the
-    statistics (mean and 95% confidence interval over tasks).
+    statistics (mean and 95% confidence interval over tasks). ``on_point`` is called after each of the
+    ``steps + 1`` points (a progress bar).
     """
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    done = on_point or (lambda: None)
     adapted = learner.initial(tasks)
     curve = [learner.evaluate(tasks, adapted)]
+    done()
     for step in range(steps):
         adapted = learner.adapt(adapted, learner.support(tasks, adapted, step), step)
         curve.append(learner.evaluate(tasks, adapted))
+        done()
     return torch.stack(curve)

@@ -363,7 +363,11 @@ def _omniglot_characters(root: Path, size: int, cache_dir: Path) -> tuple[np.nda
                 return data["images"], list(data["names"])
         except (OSError, ValueError, KeyError, EOFError):
             pass  # a damaged cache: decode again and replace it
-    per_char = [[_load_image(p, size) for p in fs] for fs in files]
+    from tqdm import tqdm
+
+    desc = f"decoding Omniglot (once; cached in {cache_dir})"
+    decoding = tqdm(files, desc=desc, unit="char", leave=False, disable=None)  # shown on a terminal only
+    per_char = [[_load_image(p, size) for p in fs] for fs in decoding]
     counts = {len(c) for c in per_char}
     if len(counts) != 1 or 0 in counts:
         raise ConfigError(

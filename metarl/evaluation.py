@@ -83,9 +83,19 @@ class AdaptationCurve:
         return cls(data["metric"], list(data["mean"]), list(data["ci95"]), list(data["per_task"]))
 
 
-def evaluate_adaptation(learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int) -> AdaptationCurve:
-    """Adapt ``learner`` to each of ``tasks`` for ``0..steps`` steps and summarise the metric per step."""
-    curve = adaptation_curve(learner, tasks, steps)
+def evaluate_adaptation(
+    learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int, progress: bool = False
+) -> AdaptationCurve:
+    """Adapt ``learner`` to each of ``tasks`` for ``0..steps`` steps and summarise the metric per step
+    (``progress``: a progress bar over the ``steps + 1`` points)."""
+    if not progress:
+        curve = adaptation_curve(learner, tasks, steps)
+    else:
+        from tqdm import tqdm
+
+        desc = f"evaluating {len(tasks)} tasks"
+        with tqdm(total=steps + 1, desc=desc, unit="point", leave=False, disable=None) as bar:  # on a terminal
+            curve = adaptation_curve(learner, tasks, steps, on_point=bar.update)
     stats = [mean_ci95(row) for row in curve]
     return AdaptationCurve(
         metric=learner.metric_name,

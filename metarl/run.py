@@ -411,13 +411,15 @@ def _loop(
             steps = int(metrics.pop("env_steps"))
             env_steps += steps
             iteration += 1
-            metrics["time/env_steps_per_second"] = steps / max(time.perf_counter() - start, 1e-9)
+            rate = "env_steps" if config.env is not None else "examples"  # few-shot: labelled examples seen
+            metrics[f"time/{rate}_per_second"] = steps / max(time.perf_counter() - start, 1e-9)
             if iteration == 1:
                 unit = "env steps" if config.env is not None else "examples"
                 bar.write(f"planned: {steps} {unit} per iteration, {steps * run.iterations:,} in total")
             if iteration % run.eval_every == 0 or iteration == run.iterations:
                 with evaluation_randomness(learner, run.eval_seed):  # never touches the training streams
-                    curve = evaluate_adaptation(learner, held_out, run.eval_steps)
+                    final = iteration == run.iterations  # the long one: show its progress
+                    curve = evaluate_adaptation(learner, held_out, run.eval_steps, progress=final)
                 for k, value in enumerate(curve.mean):
                     metrics[f"meta_test/{metric}_step_{k}"] = value
                 shown = " -> ".join(f"{m:.4g}" for m in curve.mean)
@@ -524,7 +526,7 @@ def evaluate(
         tasks = exp.tasks.sample(num_tasks, split=split, rng=np.random.default_rng(run.eval_seed))
     print(f"evaluating {exp.config.algo_name} ({which} checkpoint): {num_tasks} {split} tasks, {steps} steps")
     with evaluation_randomness(exp.learner, run.eval_seed):  # the training-time evaluation's numbers
-        curve = evaluate_adaptation(exp.learner, tasks, steps)
+        curve = evaluate_adaptation(exp.learner, tasks, steps, progress=True)
     source = exp.config.env.id if exp.config.env is not None else exp.config.data.dataset
     title = f"{exp.config.algo_name} on {source}: {num_tasks} {split} tasks ({which} checkpoint)"
     stem = f"{which}_{split}"
