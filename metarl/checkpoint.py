@@ -64,15 +64,14 @@ def _floating_tensors(state: Any, prefix: str = "") -> Iterator[tuple[str, torch
 def first_non_finite(state: Any) -> str | None:
     """The key of the first floating tensor of ``state`` holding a NaN or an infinity, or ``None``.
 
-    One ``isfinite().all()`` per tensor on its device, stacked, and a single host sync for the whole state;
-    only when something is non-finite are the tensors looked at one by one to name it.
+    The tensors of each ``(device, dtype)`` are flattened into one vector and checked with a single
+    ``isfinite().all()`` on their device (one host sync per group: a few for a whole learner); only when
+    something is non-finite are the tensors looked at one by one to name it.
     """
     tensors = list(_floating_tensors(state))
-    if not tensors:
-        return None
-    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for _, t in tensors:
-        by_device.setdefault(t.device, []).append(torch.isfinite(t.detach()).all())
-    if all(bool(torch.stack(flags).all()) for flags in by_device.values()):
+        groups.setdefault((t.device, t.dtype), []).append(t.detach().reshape(-1))
+    if all(bool(torch.isfinite(torch.cat(group)).all()) for group in groups.values()):
         return None
     return next(key for key, t in tensors if not bool(torch.isfinite(t.detach()).all()))
