@@ -68,6 +68,13 @@ def test_supervised_learner_trains_through_the_cli(tmp_path: Path) -> None:
         f"meta_test/{metric}_step_{eval_steps}",
     } <= set(tags)
     assert len(json.loads((run_dir / "tasks.json").read_text())["tasks"]) == 6
+    # ProtoNets has no adaptation steps: `metarl evaluate` reports one point, not repeated "steps"
+    from metarl.cli import main
+
+    assert main(["evaluate", str(run_dir)]) == 0
+    result = json.loads((run_dir / "eval" / "latest_test.json").read_text())["protonets"]
+    assert result["steps"] == [0] and result["num_tasks"] == 6
+    assert "support set is read once" in (run_dir / "eval" / "latest_test.md").read_text()
 
 
 def test_missing_omniglot_is_one_line(tmp_path: Path) -> None:
