@@ -198,7 +198,11 @@ def test_every_rl_learner_trains_and_evaluates_a_family_without_envs_base(
     capsys.readouterr()
 
 
-def test_make_batched_without_seed_is_used_by_rl2_and_maml(family_dir: Path) -> None:
+def test_make_batched_without_seed_is_used_by_rl2_and_maml(
+    family_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import torch
+
     from metarl.rollouts import BatchedFamily, GymBatchedEnv
 
     import line_family
@@ -207,6 +211,12 @@ def test_make_batched_without_seed_is_used_by_rl2_and_maml(family_dir: Path) -> 
     for algo in ("rl2", "maml_rl"):
         run_dir = family_dir / f"fast_{algo}"
         assert main(["train", str(write_run(family_dir, algo, "FastLine")), "--run-dir", str(run_dir)]) == 0
+        first = capsys.readouterr().out.splitlines()[0]
+        assert f"run dir {run_dir}" in first and "line_family:FastLine" in first and algo in first
+        # run.device "auto" is stored as the device it resolved to
+        resolved = "cuda" if torch.cuda.is_available() else "cpu"
+        assert json.loads((run_dir / "config.json").read_text())["run"]["device"] == resolved
+        assert f"device {resolved}" in first
     # and gymnasium copies: the same seed gives the same episodes, another seed other ones
     family = BatchedFamily(lambda: line_family.Line())
     tasks = family.family.sample_tasks(2, seed=0)
