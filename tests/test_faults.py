@@ -706,3 +706,21 @@ def test_compare_loads_a_planted_run_dir_only_with_trust_code(
         assert marker.exists()
         marker.unlink()
         sys.modules.pop("planted_compare", None)  # import it afresh the next time
+
+
+@pytest.mark.parametrize("toml", [RL2.replace("lr = 1e6\n", ""), SINUSOID.replace("outer_lr = 1e6\n", "")])
+def test_other_learners_resume_exactly_with_a_new_cadence(toml: str, tmp_path: Path) -> None:
+    """RL² (its own evaluation generator) and MAML-supervised (no generator): a run stopped at iteration 3
+    of 5 with held-out evaluations every iteration, then extended with evaluations every 5, trains exactly
+    like an uninterrupted 5-iteration run evaluated every 5."""
+    import tomllib
+
+    from metarl.config import resolve
+
+    raw = tomllib.loads(toml)
+    full = run.train(resolve(raw, ["run.iterations=5", "run.eval_every=5"]), tmp_path / "full")
+    part = run.train(resolve(raw, ["run.iterations=3", "run.eval_every=1"]), tmp_path / "part")
+    run.train(resolve(raw, ["run.iterations=5", "run.eval_every=5"]), part, resume=True)
+    assert training(rows(part)) == training(rows(full))
+    assert rows(part)[-1] == rows(full)[-1]
+    assert_same_state(learner_state(part)["learner"], learner_state(full)["learner"])
