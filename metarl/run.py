@@ -110,6 +110,12 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
         raise RunDirError(f"run dir {str(run_dir)!r} exists and is not a directory")
     if not resume:
         if run_dir.exists() and not _is_empty(run_dir):
+            writer = _writer_pid(run_dir)
+            if writer is not None:
+                raise RunLockedError(
+                    f"run dir {str(run_dir)!r} is being written by another metarl process (PID {writer}); "
+                    "choose another --run-dir"
+                )
             raise RunDirError(
                 f"run dir {str(run_dir)!r} already exists and is not empty; "
                 "pass --resume to continue it or choose another --run-dir"
@@ -207,6 +213,21 @@ def lock_run_dir(run_dir: Path) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def _writer_pid(run_dir: Path) -> str | None:
+    """The PID of the process holding ``run_dir``'s lock, or ``None`` (probed read-only: changes nothing)."""
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _lock_holder(fd)
+    finally:
+        os.close(fd)  # closing releases a lock this probe took
+    return None
 
 
 def _claim_lock(fd: int) -> None:

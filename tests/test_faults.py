@@ -273,6 +273,16 @@ def test_a_second_writer_is_refused(
             "--set",
             "run.iterations=8",
         )
+        # a new run aimed at the busy dir is told who writes it, not to --resume
+        fails(
+            capsys,
+            2,
+            f"(PID {os.getpid()}); choose another",
+            "train",
+            write_config(tmp_path),
+            "--run-dir",
+            copy,
+        )
     finally:
         os.close(fd)
     assert snapshot(copy) == before
