@@ -64,7 +64,7 @@ from torch import nn
 from torch.func import grad, vmap
 
 from envs.base import Task
-from metarl import checks, losses, optim
+from metarl import checks, distributed, losses, optim
 from metarl.core import MetaLearner, RandomGenerator
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.policies import GaussianMLPPolicy, Params
@@ -697,16 +697,18 @@ class MAMLRL(MetaLearner[Batch, Params]):
             for constrained, curvature_mean, curvature_log_std in pieces:
                 d_mean, d_log_std = self._jvp(constrained, v)
                 total = total + self._vjp(constrained, (curvature_mean * d_mean, curvature_log_std * d_log_std))
-            return total
+            return distributed.all_reduce_mean(total)  # the meta-batch's mean over ranks' task shards
 
-        return loss, loss_grad, fisher_product
+        return distributed.all_reduce_scalar(loss), distributed.all_reduce_mean(loss_grad), fisher_product
 
     def _trpo_step(self, supports: Sequence[Batch], query: Batch, old: OldPolicy) -> dict[str, float]:
         """One TRPO step on the meta-objective (Schulman et al. 2015, arXiv:1502.05477; MAML §5.3).
 
         The trust region bounds the KL of ``config.kl_constraint``; conjugate gradient's Fisher-vector
         products use the first ``config.fvp_subsample`` of each task's episodes (the gradient, the step
-        length and the line search use all of them).
+        length and the line search use all of them). Data-parallel (``metarl.distributed``): the surrogate,
+        its gradient, every Fisher-vector product and the line search's surrogate and KL are averaged over
+        the ranks' task shards, so every rank runs the same conjugate gradient and takes the same step.
         """
         cfg = self.config
         meta = self.meta_parameters()
@@ -724,15 +726,16 @@ class MAMLRL(MetaLearner[Batch, Params]):
             gradient_s = time.perf_counter() - start
         else:
             loss, kl = surrogate_and_kl(meta, not cfg.first_order)
-            loss_before = float(loss.detach())
-            loss_grad = _flat(torch.autograd.grad(loss, leaves, retain_graph=True))
+            loss_before = distributed.all_reduce_scalar(loss.detach())
+            loss_grad = distributed.all_reduce_mean(_flat(torch.autograd.grad(loss, leaves, retain_graph=True)))
             gradient_s = time.perf_counter() - start
             if not (adapted_kl and cfg.fvp_subsample == 1):  # else: the KL above, graph and all
                 kl = self._constraint_kl(supports, query, old, cfg.fvp_subsample)(meta, not cfg.first_order)
             kl_grad = _flat(torch.autograd.grad(kl, leaves, create_graph=True))
 
             def fisher_product(v: torch.Tensor) -> torch.Tensor:  # ∇²KL v by double backward
-                return _flat(torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True))
+                product = _flat(torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True))
+                return distributed.all_reduce_mean(product)  # over the ranks' task shards
 
         def fisher_vector(v: torch.Tensor) -> torch.Tensor:  # (∇²KL + damping·I) v
             return fisher_product(v) + cfg.cg_damping * v
@@ -745,7 +748,8 @@ class MAMLRL(MetaLearner[Batch, Params]):
         def evaluate(fraction: float) -> tuple[float, float]:
             with torch.no_grad():
                 new_loss, new_kl = surrogate_and_kl(_unflat(theta_old + fraction * step, meta), False)
-            return float(new_loss), float(new_kl)
+                new_loss, new_kl = distributed.all_reduce_mean(torch.stack([new_loss, new_kl])).tolist()
+            return new_loss, new_kl
 
         result = optim.backtracking_line_search(
             evaluate, loss_before, cfg.max_kl, cfg.line_search_steps, cfg.line_search_decay
@@ -778,6 +782,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
             ).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.all_reduce_grads_(self.meta_parameters().values())
             self.optimizer.step()
             losses_seen.append(float(loss.detach()))
         ratio = torch.exp(log_probs.detach() - old.log_probs)
@@ -797,6 +802,7 @@ class MAMLRL(MetaLearner[Batch, Params]):
         loss = _per_task(losses.vpg_loss, log_probs, query.advantages, ep.mask).mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads_(self.meta_parameters().values())
         self.optimizer.step()
         return {"losses/outer_loss": float(loss.detach()), **self._after_update(supports, query, old)}
 

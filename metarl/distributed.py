@@ -1,0 +1,258 @@
+"""Data-parallel meta-training on ``torch.distributed``: the one helper every learner and the trainer use.
+
+A meta-batch is the unit of parallelism (``metarl.core``): every rank draws the *same* meta-batch from the
+run's task generator and meta-trains on its contiguous slice (:func:`shard`); the learners average what
+their outer step needs over ranks with explicit collectives — gradients before an optimiser step, and for
+MAML-TRPO the gradient, every Fisher-vector product and the line search's surrogate and KL — so that every
+rank takes the same step, the step one process would take on the whole meta-batch. (Not
+``DistributedDataParallel``: it neither synchronises higher-order gradients nor supports
+``create_graph=True``; pytorch/pytorch #63929, #63812, #47562. learn2learn shards a meta-batch the same way
+in ``examples/vision/distributed_maml.py``.)
+
+Launch with ``torchrun --nproc-per-node N -m metarl train CONFIG`` or ``metarl train CONFIG --nproc N``; the
+process group is created by :func:`init` from torchrun's environment (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``): backend ``nccl`` for a CUDA run (one GPU per local rank),
+``gloo`` otherwise, with a collective timeout (``METARL_COLLECTIVE_TIMEOUT_S``, default 600 s) so that a
+hung peer never blocks a rank for ever (a dead peer's closed connection fails the collective at once).
+
+World size 1 — no launcher, or ``--nproc 1`` — creates no process group and every function here is the
+identity: the single-process code path, bit for bit.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from metarl.errors import ConfigError
+
+T = TypeVar("T")
+
+#: environment variable: seconds a collective waits for its peers before the rank fails
+TIMEOUT_ENV = "METARL_COLLECTIVE_TIMEOUT_S"
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun with more than one rank (``WORLD_SIZE`` > 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init(device: torch.device) -> torch.device:
+    """Join the process group torchrun set up (a no-op at world size 1) and return this rank's device.
+
+    ``device``: the run's resolved device. CUDA runs use ``nccl`` and the GPU ``cuda:LOCAL_RANK``; CPU runs
+    use ``gloo``. Idempotent: a second call returns the rank's device without re-initialising.
+    """
+    if not launched():
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"local rank {local_rank} has no GPU ({torch.cuda.device_count()} visible): run at most one "
+                "process per GPU (--nproc-per-node), or run.device = 'cpu'"
+            )
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=float(os.environ.get(TIMEOUT_ENV, "600")))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timeout)
+    return device
+
+
+def world_size() -> int:
+    """The number of ranks (1 without a process group)."""
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 without a process group)."""
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Whether this is rank 0: the rank that writes the run dir and prints."""
+    return rank() == 0
+
+
+def check_divisible(n: int, key: str) -> None:
+    """Refuse a meta-batch of ``n`` tasks (config key ``key``) that the ranks cannot share equally."""
+    size = world_size()
+    if n % size:
+        raise ConfigError(f"{key} = {n} must be divisible by the number of processes ({size})")
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's contiguous slice of ``items`` (every rank holds the same sequence).
+
+    Slices differ by at most one element when ``len(items)`` does not divide by the world size (the
+    held-out tasks); meta-batches are checked to divide (:func:`check_divisible`) so that the mean over
+    ranks of per-rank means is the mean over the meta-batch.
+    """
+    lo, hi = shard_bounds(len(items))
+    return list(items[lo:hi])
+
+
+def shard_bounds(n: int) -> tuple[int, int]:
+    """``[lo, hi)`` of this rank's share of ``n`` items (``np.array_split``'s split)."""
+    size, r = world_size(), rank()
+    base, extra = divmod(n, size)
+    lo = r * base + min(r, extra)
+    return lo, lo + base + (r < extra)
+
+
+def all_reduce_mean(vector: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks of ``vector`` (a new tensor; ``vector`` itself at world size 1)."""
+    if world_size() == 1:
+        return vector
+    out = vector.detach().clone()
+    dist.all_reduce(out)
+    return out.div_(world_size())
+
+
+def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over ranks, in place, with one collective per device and dtype."""
+    if world_size() == 1:
+        return
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.all_reduce(flat)
+        flat.div_(world_size())
+        offset = 0
+        with torch.no_grad():
+            for t in group:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
+
+
+def all_reduce_grads_(parameters: Iterable[torch.Tensor]) -> None:
+    """Average the ``.grad`` of ``parameters`` over ranks before an optimiser step (ranks hold the same
+    parameters and have the same parameters without a gradient)."""
+    if world_size() == 1:
+        return
+    all_reduce_mean_(p.grad for p in parameters if p.grad is not None)
+
+
+def all_reduce_scalar(value: float | torch.Tensor, op: str = "mean") -> float:
+    """``value`` reduced over ranks (``op``: ``"mean"``, ``"sum"`` or ``"max"``) as a Python float."""
+    if world_size() == 1:
+        return float(value)
+    device = value.device if isinstance(value, torch.Tensor) else _collective_device()
+    t = torch.as_tensor(value, dtype=torch.float64, device=device).detach().clone().reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return float(t) / (world_size() if op == "mean" else 1)
+
+
+def reduce_metrics(metrics: dict[str, float], sums: Sequence[str] = ("env_steps",)) -> dict[str, float]:
+    """A learner's metrics over all ranks: the keys in ``sums`` summed (environment steps), the others
+    averaged (returns, losses: every rank has as many tasks). One collective for the whole dict."""
+    if world_size() == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=_collective_device())
+    dist.all_reduce(values)
+    scale = [1.0 if k in sums else 1.0 / world_size() for k in keys]
+    return {k: float(v) * s for k, v, s in zip(keys, values.tolist(), scale, strict=True)}
+
+
+def all_gather_tensor(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along ``dim`` in rank order (sizes along ``dim`` may differ)."""
+    if world_size() == 1:
+        return tensor
+    sizes = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=tensor.device))
+    longest = int(max(sizes))
+    pad = list(tensor.shape)
+    pad[dim] = longest - tensor.shape[dim]
+    padded = torch.cat([tensor, tensor.new_zeros(pad)], dim=dim).contiguous()
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p.narrow(dim, 0, int(n)) for p, n in zip(parts, sizes, strict=True)], dim=dim)
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's picklable ``obj`` in rank order (``[obj]`` at world size 1)."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (``obj`` at world size 1)."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    """Wait for every rank (a no-op at world size 1)."""
+    if world_size() > 1:
+        dist.barrier()
+
+
+def rank_seed(seed: int, index: int = 0) -> int:
+    """A 63-bit seed for generator ``index`` of this rank: ``seed`` itself on rank 0 when ``index`` is 0
+    (the single-process streams), an independent stream from ``(seed, rank, index)`` otherwise."""
+    r = rank()
+    if r == 0 and index == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), r, int(index)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def reseed_for_rank(generators: Sequence[torch.Generator | np.random.Generator], seed: int) -> None:
+    """Give ranks other than 0 their own environment and policy randomness, from ``(seed, rank)``.
+
+    Learners are built from the run's seed on every rank (identical initial parameters); this reseeds the
+    generators they draw from (``MetaLearner.generators``) on ranks > 0, so that each rank's rollouts are
+    its own. Rank 0 keeps the streams of a single-process run.
+    """
+    if rank() == 0:
+        return
+    for index, g in enumerate(generators):
+        if isinstance(g, torch.Generator):
+            g.manual_seed(rank_seed(seed, index + 1))
+        else:
+            g.bit_generator.state = type(g.bit_generator)(rank_seed(seed, index + 1)).state
+
+
+def generator_states(generators: Sequence[torch.Generator | np.random.Generator]) -> list[Any]:
+    """The states of ``generators`` (torch byte tensors on the CPU, numpy state dicts), for a checkpoint."""
+    return [g.get_state() if isinstance(g, torch.Generator) else g.bit_generator.state for g in generators]
+
+
+def set_generator_states(generators: Sequence[torch.Generator | np.random.Generator], states: list[Any]) -> None:
+    """Restore what :func:`generator_states` returned."""
+    if len(states) != len(generators):
+        raise ValueError(f"{len(states)} generator states for {len(generators)} generators")
+    for g, state in zip(generators, states, strict=True):
+        if isinstance(g, torch.Generator):
+            g.set_state(state)
+        else:
+            g.bit_generator.state = state
+
+
+def _collective_device() -> torch.device:
+    """Where scalar collectives live: the rank's GPU under nccl, else the CPU."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def destroy() -> None:
+    """Leave the process group (end of a run)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
