@@ -1,4 +1,4 @@
-"""MAML, FOMAML and Meta-SGD for supervised few-shot learning (classification and sinusoid regression).
+"""MAML, FOMAML, Meta-SGD and MAML++ for supervised few-shot learning (classification, sinusoid regression).
 
 Finn, Abbeel & Levine (2017), "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
 arXiv:1703.03400, Algorithm 2. For each task ``T_i`` of a meta-batch, adapt the meta-parameters θ with
