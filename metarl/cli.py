@@ -11,6 +11,7 @@ NaN), 130 interrupted (Ctrl-C).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -58,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         "--resume",
         action="store_true",
         help="continue the run in --run-dir from its last checkpoint (default: off, start a new run)",
+    )
+    train.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="data-parallel training on N processes of this machine, the meta-batch sharded across them "
+        "(torchrun --nproc-per-node N -m metarl train ...; README, Distributed training) (default: 1)",
     )
     _trust_code(train)
 
@@ -277,14 +286,37 @@ def _check_family(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` / ``--nproc=N`` (what each rank of the launched job runs)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     if args.command is None:  # bare `metarl`: what it can do
         parser.print_help()
         return 2
     try:
         if args.command == "train":
+            if args.nproc < 1:
+                raise MetarlError(f"--nproc must be >= 1, got {args.nproc}")
+            world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun on every rank
+            if world == 1 and args.nproc > 1:
+                from metarl import distributed
+
+                return distributed.launch(args.nproc, _without_nproc(argv))
+            if args.nproc not in (1, world):
+                raise MetarlError(f"--nproc {args.nproc} inside a torchrun job of {world} processes")
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -169,15 +170,16 @@ def all_gather_tensor(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Every rank's ``tensor`` concatenated along ``dim`` in rank order (sizes along ``dim`` may differ)."""
     if world_size() == 1:
         return tensor
-    sizes = [torch.zeros(1, dtype=torch.int64, device=tensor.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=tensor.device))
-    longest = int(max(sizes))
+    device = _collective_device()  # nccl gathers GPU tensors
+    sizes = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(world_size())]
+    dist.all_gather(sizes, torch.tensor([tensor.shape[dim]], dtype=torch.int64, device=device))
     pad = list(tensor.shape)
-    pad[dim] = longest - tensor.shape[dim]
-    padded = torch.cat([tensor, tensor.new_zeros(pad)], dim=dim).contiguous()
+    pad[dim] = int(max(sizes)) - tensor.shape[dim]
+    padded = torch.cat([tensor, tensor.new_zeros(pad)], dim=dim).to(device).contiguous()
     parts = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(parts, padded)
-    return torch.cat([p.narrow(dim, 0, int(n)) for p, n in zip(parts, sizes, strict=True)], dim=dim)
+    whole = torch.cat([p.narrow(dim, 0, int(n)) for p, n in zip(parts, sizes, strict=True)], dim=dim)
+    return whole.to(tensor.device)
 
 
 def all_gather_object(obj: Any) -> list[Any]:
@@ -234,7 +236,10 @@ def generator_states(generators: Sequence[torch.Generator | np.random.Generator]
     return [g.get_state() if isinstance(g, torch.Generator) else g.bit_generator.state for g in generators]
 
 
-def set_generator_states(generators: Sequence[torch.Generator | np.random.Generator], states: list[Any]) -> None:
+Generators = Sequence[torch.Generator | np.random.Generator]
+
+
+def set_generator_states(generators: Generators, states: list[Any]) -> None:
     """Restore what :func:`generator_states` returned."""
     if len(states) != len(generators):
         raise ValueError(f"{len(states)} generator states for {len(generators)} generators")
@@ -250,6 +255,45 @@ def _collective_device() -> torch.device:
     if dist.is_initialized() and dist.get_backend() == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``python -m metarl ARGV`` on ``nproc`` local ranks with torch's elastic launcher, in this process
+    (``torchrun --standalone --nproc-per-node NPROC -m metarl ARGV``); returns the exit code.
+
+    A rank that fails ends the job (the launcher stops the others at once, no restarts); the launcher's own
+    report is replaced by one line naming the first rank that failed and how.
+    """
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per rank unless told otherwise
+    torchrun = ["--standalone", "--nproc-per-node", str(nproc), "--max-restarts", "0", "-m", "metarl", *argv]
+    quiet = [logging.getLogger(name) for name in ("torch.distributed.elastic", "torch.distributed.run")]
+    levels = [log.level for log in quiet]
+    for log in quiet:
+        log.setLevel(logging.CRITICAL)
+    try:
+        run(parse_args(torchrun))
+    except ChildFailedError as exc:
+        failed_rank, failure = exc.get_first_failure()
+        how = (
+            f"was killed by {failure.signal_name()}"
+            if failure.exitcode < 0
+            else f"exited with code {failure.exitcode}"
+        )
+        print(
+            f"metarl: error: rank {failed_rank} of {nproc} (pid {failure.pid}) {how}; the job stopped "
+            "(checkpoints/latest.pt holds the last checkpoint: continue with --resume)",
+            file=sys.stderr,
+        )
+        return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
+    finally:
+        for log, level in zip(quiet, levels, strict=True):
+            log.setLevel(level)
+    return 0
 
 
 def destroy() -> None:

@@ -43,7 +43,7 @@ import torch
 from tqdm import tqdm
 
 from envs.base import Task
-from metarl import atomic, budget, checkpoint
+from metarl import atomic, budget, checkpoint, distributed
 from metarl.algorithms import ALGORITHMS
 from metarl.config import ExperimentConfig, diff
 from metarl.core import MetaLearner, TaskSampler, evaluation_randomness
@@ -55,7 +55,7 @@ from metarl.errors import (
     RunDirError,
     RunLockedError,
 )
-from metarl.evaluation import AdaptationCurve, evaluate_adaptation
+from metarl.evaluation import AdaptationCurve, evaluate_adaptation, mean_ci95
 from metarl.families import tasks_document, tasks_from_document
 from metarl.logger import Logger, config_table, rows_up_to
 
@@ -327,14 +327,19 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
     non-finite metric or parameter, leaving the metrics and checkpoints of the last finite iteration.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
-    device = resolve_device(config.run.device)
+    device = distributed.init(resolve_device(config.run.device))  # this rank's GPU under torchrun
     # the run records the device it runs on ("auto" resolved): a resume elsewhere is a device change
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, device=device.type))
+    _check_world_size(config)
+    if not distributed.is_main():  # data-parallel: rank 0 writes the run dir, the other ranks follow it
+        return _follow(config, device, run_dir, resume)
     check_run_dir(run_dir, config, resume)
     source = config.env.id if config.env is not None else config.data.dataset
     unit = "env steps" if config.env is not None else "examples"
+    ranks = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     print(
-        f"metarl train: run dir {run_dir}, family {source}, learner {config.algo_name}, device {device}, "
+        f"metarl train: run dir {run_dir}, family {source}, learner {config.algo_name}, "
+        f"device {device}{ranks}, "
         f"{config.run.iterations} iterations of {config.algo.meta_batch_size} tasks ({unit} counted from "
         "the first iteration)"
     )
@@ -362,6 +367,7 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
                 )
         if started:
             state, rng = _load_learner(learner, latest)
+            _check_saved_world_size(state, latest)
             iteration, env_steps, best = (
                 int(state["iteration"]),
                 int(state["env_steps"]),
@@ -384,10 +390,14 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
                 run_dir / TASKS_FILE, json.dumps(tasks_document(held_out, run.eval_seed), indent=1)
             )
             ckpt_dir.mkdir(exist_ok=True)
-            checkpoint.save(latest, _state(learner, rng, iteration, env_steps, best))
+        distributed.broadcast_object(started)  # every check passed: the other ranks go on (_follow)
+        if not started:
+            ranks = _rank_generators(learner)
+            checkpoint.save(latest, _state(learner, rng, iteration, env_steps, best, ranks))
         _loop(exp, run_dir, held_out, rng, iteration, env_steps, best, resumed=resume)
     finally:
         os.close(lock)
+    distributed.destroy()
     print(f"run finished: {run_dir}")
     print(f"curves:       tensorboard --logdir {run_dir / 'tb'}")
     print(f"evaluate:     metarl evaluate {run_dir}")
@@ -408,14 +418,25 @@ def _loop(
     checkpoint."""
     config, learner, run = exp.config, exp.learner, exp.config.run
     ckpt_dir = run_dir / "checkpoints"
-    logger = Logger(run_dir, resume_from=(iteration, env_steps) if resumed else None)
-    bar = tqdm(total=run.iterations, initial=iteration, desc="meta-train", unit="it", dynamic_ncols=True)
+    main = distributed.is_main()  # data-parallel: every rank trains, rank 0 alone logs and checkpoints
+    logger = Logger(run_dir, resume_from=(iteration, env_steps) if resumed else None) if main else None
+    bar = tqdm(
+        total=run.iterations,
+        initial=iteration,
+        desc="meta-train",
+        unit="it",
+        dynamic_ncols=True,
+        disable=not main,
+    )
+    say = bar.write if main else (lambda line: None)
     try:
-        logger.text("config", config_table(config.to_dict()))
+        if logger is not None:
+            logger.text("config", config_table(config.to_dict()))
         metric = learner.metric_name
         while iteration < run.iterations:
             start = time.perf_counter()
-            tasks = exp.tasks.sample(config.algo.meta_batch_size, split="train", rng=rng)
+            # every rank draws the same meta-batch from the run's task stream and trains on its slice
+            tasks = distributed.shard(exp.tasks.sample(config.algo.meta_batch_size, split="train", rng=rng))
             try:
                 metrics = learner.meta_update(tasks)
             except (FloatingPointError, ValueError, RuntimeError) as exc:
@@ -428,6 +449,7 @@ def _loop(
                     f"iteration {iteration + 1}: non-finite values ({reason}); the run stopped with its last "
                     f"finite state in checkpoints/latest.pt; hint: {_hint(config)}"
                 ) from None
+            metrics = distributed.reduce_metrics(metrics)  # env steps summed, the rest averaged over ranks
             _check_finite(metrics, learner, iteration + 1, config)
             steps = int(metrics.pop("env_steps"))
             env_steps += steps
@@ -436,28 +458,37 @@ def _loop(
             metrics[f"time/{rate}_per_second"] = steps / max(time.perf_counter() - start, 1e-9)
             if iteration == 1:
                 unit = "env steps" if config.env is not None else "examples"
-                bar.write(f"planned: {steps} {unit} per iteration, {steps * run.iterations:,} in total")
+                say(f"planned: {steps} {unit} per iteration, {steps * run.iterations:,} in total")
             if iteration % run.eval_every == 0 or iteration == run.iterations:
-                with evaluation_randomness(learner, run.eval_seed):  # never touches the training streams
+                # never touches the training streams; each rank evaluates its share of the held-out tasks
+                with evaluation_randomness(learner, distributed.rank_seed(run.eval_seed)):
                     final = iteration == run.iterations  # the long one: show its progress
-                    curve = evaluate_adaptation(learner, held_out, run.eval_steps, progress=final)
+                    curve = _evaluate_sharded(learner, held_out, run.eval_steps, progress=final and main)
                 for k, value in enumerate(curve.mean):
                     metrics[f"meta_test/{metric}_step_{k}"] = value
                 shown = " -> ".join(f"{m:.4g}" for m in curve.mean)
                 last = len(curve.mean) - 1
-                bar.write(f"iteration {iteration}: held-out {metric} after 0..{last} steps: {shown}")
+                say(f"iteration {iteration}: held-out {metric} after 0..{last} steps: {shown}")
                 score = learner.selection_score(curve.mean)
                 if score > best:  # a NaN score is never the best
                     best = score
-                    checkpoint.save(ckpt_dir / "best.pt", _state(learner, rng, iteration, env_steps, best))
-            logger.log(iteration, env_steps, metrics)
+                    ranks = _rank_generators(learner)
+                    if main:
+                        state = _state(learner, rng, iteration, env_steps, best, ranks)
+                        checkpoint.save(ckpt_dir / "best.pt", state)
+            if logger is not None:
+                logger.log(iteration, env_steps, metrics)
             if iteration % run.checkpoint_every == 0 or iteration == run.iterations:
-                checkpoint.save(ckpt_dir / "latest.pt", _state(learner, rng, iteration, env_steps, best))
+                ranks = _rank_generators(learner)
+                if main:
+                    state = _state(learner, rng, iteration, env_steps, best, ranks)
+                    checkpoint.save(ckpt_dir / "latest.pt", state)
             bar.set_postfix(_postfix(metrics), refresh=False)
             bar.update(1)
     finally:
         bar.close()
-        logger.close()
+        if logger is not None:
+            logger.close()
 
 
 def _state(
@@ -466,14 +497,85 @@ def _state(
     iteration: int,
     env_steps: int,
     best: float,
+    rank_generators: list[list[Any]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A checkpoint; a data-parallel run's also holds every rank's generator states (``rank_generators``,
+    in rank order) and its world size, so that each rank resumes its own random streams."""
+    state = {
         "learner": learner.state_dict(),
         "task_rng": json.dumps(rng.bit_generator.state),
         "iteration": iteration,
         "env_steps": env_steps,
         "best": best,
     }
+    if rank_generators is not None:
+        state.update(world_size=len(rank_generators), rank_generators=rank_generators)
+    return state
+
+
+# -- data-parallel training (metarl.distributed) -----------------------------------------------------------
+def _check_world_size(config: ExperimentConfig) -> None:
+    """Refuse, on every rank, a meta-batch the ranks cannot share equally, or fewer held-out tasks than ranks."""
+    distributed.check_divisible(config.algo.meta_batch_size, "algo.meta_batch_size")
+    if config.run.eval_tasks < distributed.world_size():
+        raise ConfigError(
+            f"run.eval_tasks = {config.run.eval_tasks} must be at least the number of processes "
+            f"({distributed.world_size()})"
+        )
+
+
+def _rank_generators(learner: MetaLearner[Any, Any]) -> list[list[Any]] | None:
+    """Every rank's generator states (a collective: all ranks call it), or ``None`` in a single process."""
+    if distributed.world_size() == 1:
+        return None
+    return distributed.all_gather_object(distributed.generator_states(learner.generators()))
+
+
+def _check_saved_world_size(state: dict[str, Any], path: Path) -> None:
+    """A checkpoint resumes exactly only under the world size that wrote it (each rank's own streams)."""
+    saved, now = int(state.get("world_size", 1)), distributed.world_size()
+    if saved != now:
+        how = "without --nproc" if saved == 1 else f"with --nproc {saved} (torchrun --nproc-per-node {saved})"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was written by {saved} process(es), this run has {now}: "
+            f"resume it {how}"
+        )
+
+
+def _follow(config: ExperimentConfig, device: torch.device, run_dir: Path, resume: bool) -> Path:
+    """A rank other than 0: build the learner with its own random streams, wait for rank 0 to prepare the run
+    dir, load the checkpoint rank 0 resumes from (the rank's own generator states), then train its shards."""
+    exp = Experiment.build(config, device)
+    distributed.reseed_for_rank(exp.learner.generators(), config.run.seed)
+    started = distributed.broadcast_object(None)  # rank 0 checked and prepared the run dir
+    rng = np.random.default_rng(config.run.seed)
+    iteration, env_steps, best = 0, 0, -float("inf")
+    held_out = exp.tasks.held_out(config.run.eval_tasks, seed=config.run.eval_seed)
+    if not started:
+        _rank_generators(exp.learner)  # rank 0's checkpoint at iteration 0
+    else:
+        latest = run_dir / "checkpoints" / "latest.pt"
+        state, rng = _load_learner(exp.learner, latest)
+        own = state["rank_generators"][distributed.rank()]
+        distributed.set_generator_states(exp.learner.generators(), own)  # the rank's own streams
+        iteration, env_steps, best = int(state["iteration"]), int(state["env_steps"]), float(state["best"])
+        held_out = _held_out_from_file(exp, run_dir)
+    _loop(exp, run_dir, held_out, rng, iteration, env_steps, best, resumed=resume)
+    distributed.destroy()
+    return run_dir
+
+
+def _evaluate_sharded(
+    learner: MetaLearner[Any, Any], held_out: list[Task], steps: int, progress: bool
+) -> AdaptationCurve:
+    """The held-out curve over all of ``held_out``: each rank adapts to its share and the per-task values are
+    gathered (in task order), so the statistics are over every held-out task whatever the world size."""
+    local = evaluate_adaptation(learner, distributed.shard(held_out), steps, progress=progress)
+    if distributed.world_size() == 1:
+        return local
+    per_task = distributed.all_gather_tensor(torch.tensor(local.per_task, dtype=torch.float64), dim=1)
+    stats = [mean_ci95(row) for row in per_task]
+    return AdaptationCurve(local.metric, [m for m, _ in stats], [c for _, c in stats], per_task.tolist())
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:

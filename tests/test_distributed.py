@@ -25,7 +25,10 @@ TOLERANCE = 1e-6
 
 
 # -- the learners' meta-updates on a fixed meta-batch of 4 tasks -------------------------------------------
-def _maml_rl(fvp: str, outer: str = "trpo", **overrides: Any) -> Callable[[int, int], dict[str, torch.Tensor]]:
+Check = Callable[[int, int], dict[str, torch.Tensor]]
+
+
+def _maml_rl(fvp: str, outer: str = "trpo", **overrides: Any) -> Check:
     """One outer step of MAML-RL on rank ``r``'s share of fixed rollouts of 4 Navigation2D tasks.
 
     ``cg_damping = 0.1``: at this tiny size the Fisher is nearly singular and 10 undamped conjugate-gradient
@@ -70,7 +73,7 @@ def _maml_rl(fvp: str, outer: str = "trpo", **overrides: Any) -> Callable[[int, 
     return run
 
 
-CHECKS: dict[str, Callable[[int, int], dict[str, torch.Tensor]]] = {
+CHECKS: dict[str, Check] = {
     "maml_trpo_gauss_newton": _maml_rl("gauss_newton"),
     "maml_trpo_hessian": _maml_rl("hessian"),
     "maml_trpo_meta_sgd": _maml_rl("gauss_newton", learn_inner_lr=True),
@@ -92,7 +95,8 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, dict[s
     """Every check's parameters on rank 0 and rank 1 of one 2-process gloo group."""
     tmp = tmp_path_factory.mktemp("dist")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.start_processes(_worker, args=(2, str(tmp / "store"), str(tmp / "out")), nprocs=2, start_method="spawn")
+    args = (2, str(tmp / "store"), str(tmp / "out"))
+    mp.start_processes(_worker, args=args, nprocs=2, start_method="spawn")
     return [torch.load(tmp / f"out.{r}") for r in range(2)]
 
 
