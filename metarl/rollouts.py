@@ -136,8 +136,9 @@ class GymBatchedEnv:
 
     def close(self) -> None:
         """Hand the copies back to the pool they came from (they stay open for the next batch)."""
-        if self._release is not None and self.copies:
-            self._release(self.copies)
+        release, copies = getattr(self, "_release", None), getattr(self, "copies", [])
+        if release is not None and copies:
+            release(copies)
         self.copies = []
 
     def __del__(self) -> None:

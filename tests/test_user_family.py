@@ -85,6 +85,15 @@ class BatchedLine:
         return self.pos.clone(), reward, done, done
 
 
+class StopsEarly(Line):
+    """Terminates on its second step when the target is positive (to test the adapter's masking)."""
+
+    def step(self, action):
+        obs, reward, _, truncated, info = super().step(action)
+        self.steps = getattr(self, "steps", 0) + 1
+        return obs, reward, self.task.x > 0 and self.steps % 2 == 0, truncated, info
+
+
 class FastLine(Line):
     def make_batched(self, tasks, envs_per_task, device="cpu", horizon=None):
         return BatchedLine(tasks, envs_per_task, device, horizon)
@@ -223,6 +232,30 @@ def test_make_batched_without_seed_is_used_by_rl2_and_maml(
     first = [family.make_batched(tasks, 3, horizon=4, seed=s).reset() for s in (7, 7, 8)]
     assert isinstance(family.make_batched(tasks, 1, horizon=4), GymBatchedEnv)
     assert first[0].shape == (2, 3, 1) and first[0].equal(first[1]) and not first[0].equal(first[2])
+
+
+def test_gym_copies_follow_the_batched_protocol(family_dir: Path) -> None:
+    """An episode that ended is not stepped again: last observation, zero reward, terminated until reset;
+    truncated for all at the horizon; reset keeps the tasks."""
+    import torch
+
+    from metarl.rollouts import BatchedFamily
+
+    import line_family
+
+    family = BatchedFamily(line_family.StopsEarly)
+    tasks = [line_family.Target(0.5), line_family.Target(-0.5)]
+    env = family.make_batched(tasks, 1, horizon=3, seed=0)
+    for _ in range(2):  # two episodes: the second starts from reset with the same tasks
+        env.reset()
+        flags = []
+        for _ in range(3):
+            obs, reward, terminated, truncated = env.step(torch.ones(2, 1, 1))
+            flags.append((float(obs[0, 0, 0]), float(reward[0, 0]), terminated[:, 0].tolist(), bool(truncated.all())))
+        assert [f[2] for f in flags] == [[False, False], [True, False], [True, False]]
+        assert flags[2][0] == flags[1][0] and flags[2][1] == 0.0 and flags[1][1] != 0.0
+        assert [f[3] for f in flags] == [False, False, True]
+    assert [c.unwrapped.get_task() for c in env.copies] == tasks
 
 
 @pytest.mark.parametrize(
