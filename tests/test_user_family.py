@@ -251,7 +251,8 @@ def test_gym_copies_follow_the_batched_protocol(family_dir: Path) -> None:
         flags = []
         for _ in range(3):
             obs, reward, terminated, truncated = env.step(torch.ones(2, 1, 1))
-            flags.append((float(obs[0, 0, 0]), float(reward[0, 0]), terminated[:, 0].tolist(), bool(truncated.all())))
+            ended, at_horizon = terminated[:, 0].tolist(), bool(truncated.all())
+            flags.append((float(obs[0, 0, 0]), float(reward[0, 0]), ended, at_horizon))
         assert [f[2] for f in flags] == [[False, False], [True, False], [True, False]]
         assert flags[2][0] == flags[1][0] and flags[2][1] == 0.0 and flags[1][1] != 0.0
         assert [f[3] for f in flags] == [False, False, True]
