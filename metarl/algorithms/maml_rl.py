@@ -842,7 +842,11 @@ class MAMLRL(MetaLearner[Batch, Params]):
 
 
 def build(config: Any, device: torch.device) -> tuple[FamilyTaskSampler, MAMLRL]:
-    """The registry's builder: the task family of ``config.env``, a batched sampler and the learner."""
+    """The registry's builder: the task family of ``config.env``, a batched sampler and the learner.
+
+    The sampler steps the family through :class:`metarl.rollouts.BatchedFamily`: its own ``make_batched``
+    when it has one, gymnasium copies otherwise (any family that follows the contract of ``envs/base.py``).
+    """
     algo, env, seed = config.algo, config.env, config.run.seed
     make_env = env_factory(env.id, env.kwargs, env.max_episode_steps)
     probe = make_env()
