@@ -56,7 +56,7 @@ class TaskSampler(abc.ABC):
 
     @abc.abstractmethod
     def task_from_dict(self, data: dict[str, Any]) -> Task:
-        """Rebuild a task written with ``Task.to_dict`` (the run dir stores held-out tasks as JSON)."""
+        """Rebuild a task written with ``envs.base.task_to_dict`` (run dirs store held-out tasks as JSON)."""
 
 
 class MetaLearner(abc.ABC, Generic[Support, Adapted]):
