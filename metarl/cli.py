@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. --set algo.inner_lr=0.05 (repeatable)",
+        help="override a config key, e.g. --set algo.inner_lr=0.05 (repeatable; default: none)",
     )
     train.add_argument(
         "--device",
@@ -73,7 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate",
         help="adaptation table of a trained run on held-out tasks",
-        description="Adaptation curve of a trained run (mean ± 95%% CI over tasks); writes "
+        description="Adaptation curve of a trained run (mean ± 95% CI over tasks); writes "
         "RUN_DIR/eval/<checkpoint>_<split>.{json,md,png}.",
     )
     ev.add_argument("run_dir", type=Path, help="a run directory written by metarl train")
@@ -114,7 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a key, e.g. --set compare.num_tasks=10 (repeatable)",
+        help="override a key, e.g. --set compare.num_tasks=10 (repeatable; default: none)",
     )
     cmp.add_argument("--out", type=Path, help="output directory (default: runs/compare/<config name>)")
     cmp.add_argument(
