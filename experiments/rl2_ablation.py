@@ -33,6 +33,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,8 +81,9 @@ def train(
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
-def score(run_dir: Path, instances: int, trials: int, seed: int) -> dict[str, float]:
-    """Validation score of a run's latest checkpoint and its budget (iterations, env steps, wall-clock)."""
+def score(run_dir: Path, instances: int, trials: int, seed: int) -> dict[str, Any]:
+    """Validation score of a run's latest checkpoint, its per-instance returns and its budget (iterations,
+    env steps, training wall-clock)."""
     from metarl.evaluation import mean_ci95
     from metarl.run import load_run
 
@@ -99,6 +101,7 @@ def score(run_dir: Path, instances: int, trials: int, seed: int) -> dict[str, fl
         "val_mean": mean,
         "val_ci95": ci,
         "final_entropy": last.get("losses/entropy", float("nan")),
+        "per_instance": returns.tolist(),
     }
 
 
@@ -154,14 +157,21 @@ def main() -> None:
     print(f"\nValidation: {split}\n")
     print(
         "| setting | overrides | iterations | env steps | train wall (s) | final entropy "
-        "| validation score ± 95% CI |"
+        "| validation score ± 95% CI | paired difference to preset ± 95% CI |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
+    from metarl.evaluation import mean_ci95
+
+    reference = results.get("preset", {}).get("per_instance")
     for name, r in results.items():
         keys = ", ".join(f"{k} = {v}" for k, v in r["overrides"].items()) or "—"
+        paired = "—"
+        if reference is not None and name != "preset":  # same instances: the paired interval is narrower
+            diff, ci = mean_ci95(torch.tensor(r["per_instance"]) - torch.tensor(reference))
+            paired = f"{diff:+.2f} ± {ci:.2f}"
         print(
             f"| {name} | {keys} | {r['iterations']} | {r['env_steps'] / 1e6:.1f}M | {r['train_wall_s']:.0f} "
-            f"| {r['final_entropy']:.3f} | {r['val_mean']:.2f} ± {r['val_ci95']:.2f} |"
+            f"| {r['final_entropy']:.3f} | {r['val_mean']:.2f} ± {r['val_ci95']:.2f} | {paired} |"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
