@@ -136,3 +136,233 @@ def test_shard_and_collectives_are_the_identity_at_world_size_one() -> None:
     assert distributed.reduce_metrics({"env_steps": 5.0, "x": 2.0}) == {"env_steps": 5.0, "x": 2.0}
     assert distributed.rank_seed(7) == 7
     distributed.check_divisible(5, "algo.meta_batch_size")  # any size divides by 1
+
+
+def test_ranks_share_the_meta_batch_of_the_task_stream() -> None:
+    """The trainer's ``shard(sample(...))`` on 2 ranks: rank 0's slice then rank 1's is the meta-batch one
+    process draws, iteration after iteration (every rank draws from the same task stream)."""
+    import numpy as np
+
+    from metarl.families import FamilyTaskSampler, env_factory
+
+    family = FamilyTaskSampler(env_factory(NAV, {}, 10)())
+    single_rng, rank_rngs = np.random.default_rng(3), [np.random.default_rng(3) for _ in range(2)]
+    for _ in range(3):
+        batch = family.sample(4, split="train", rng=single_rng)
+        shards = []
+        for r, rng in enumerate(rank_rngs):
+            with _as_rank(r, 2):
+                shards += distributed.shard(family.sample(4, split="train", rng=rng))
+        assert [t.to_dict() for t in shards] == [t.to_dict() for t in batch]
+    with _as_rank(1, 2), pytest.raises(Exception, match="algo.meta_batch_size = 3 must be divisible by"):
+        distributed.check_divisible(3, "algo.meta_batch_size")
+
+
+class _as_rank:
+    """Pretend to be rank ``r`` of ``world`` (``world_size`` / ``rank`` only: no collective is called)."""
+
+    def __init__(self, r: int, world: int) -> None:
+        self.patch = pytest.MonkeyPatch()
+        self.patch.setattr(distributed, "world_size", lambda: world)
+        self.patch.setattr(distributed, "rank", lambda: r)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        self.patch.undo()
+
+
+# -- whole runs: metarl train --nproc 2, kill -9 of a rank, --resume, two "nodes" ---------------------------
+RUN_TOML = """
+[run]
+iterations = {iterations}
+eval_every = 4
+eval_tasks = 2
+eval_steps = 1
+seed = 3
+num_threads = 1
+checkpoint_every = 1
+
+[env]
+id = "metarl/Navigation2D-v0"
+max_episode_steps = 10
+
+[algo]
+name = "maml_rl"
+meta_batch_size = 2
+rollouts_per_task = 2
+hidden_sizes = [8]
+"""
+
+
+def _metarl(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "metarl", *args]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "METARL_COLLECTIVE_TIMEOUT_S": "60"}
+
+
+def _rows(run_dir: Path) -> list[dict[str, float]]:
+    """metrics.jsonl without the wall-clock keys (time/*)."""
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An uninterrupted 12-iteration run on 2 processes: ``(config, run dir)``."""
+    import subprocess
+
+    tmp = tmp_path_factory.mktemp("runs")
+    config = tmp / "run.toml"
+    config.write_text(RUN_TOML.format(iterations=12))
+    run_dir = tmp / "uninterrupted"
+    done = subprocess.run(
+        _metarl("train", str(config), "--nproc", "2", "--run-dir", str(run_dir)),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return config, run_dir
+
+
+def test_two_rank_run_draws_the_single_process_task_stream(
+    two_rank_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Same held-out tasks, same task-stream position after every checkpoint, env steps summed over ranks."""
+    import subprocess
+
+    config, two = two_rank_run
+    one = tmp_path / "one"
+    args = _metarl("train", str(config), "--run-dir", str(one))
+    done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (one / "tasks.json").read_text() == (two / "tasks.json").read_text()
+    assert [r["env_steps"] for r in _rows(one)] == [r["env_steps"] for r in _rows(two)]
+    single = torch.load(one / "checkpoints" / "latest.pt", weights_only=False)
+    assert "world_size" not in single  # a single process writes today's checkpoint
+    two_ckpt = torch.load(two / "checkpoints" / "latest.pt", weights_only=False)
+    assert single["task_rng"] == two_ckpt["task_rng"]  # 12 meta-batches drawn from the same stream
+    assert two_ckpt["world_size"] == 2 and len(two_ckpt["rank_generators"]) == 2
+    noise = [states[0] for states in two_ckpt["rank_generators"]]  # the action-noise generators
+    assert not torch.equal(noise[0], noise[1])  # each rank its own rollouts
+
+
+def test_kill_of_a_rank_stops_the_job_and_resume_gives_the_uninterrupted_metrics(
+    two_rank_run: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import subprocess
+    import time
+
+    config, uninterrupted = two_rank_run
+    run_dir = tmp_path / "killed"
+    job = subprocess.Popen(
+        _metarl("train", str(config), "--nproc", "2", "--run-dir", str(run_dir)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+        assert job.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+        time.sleep(0.05)
+    victim = next(pid for pid in _children(job.pid) if _environ(pid).get("RANK") == "1")
+    os.kill(victim, 9)
+    killed_at = time.monotonic()
+    _, stderr = job.communicate(timeout=60)
+    assert time.monotonic() - killed_at < 30  # the whole job ends within seconds
+    assert job.returncode != 0
+    last = stderr.strip().splitlines()[-1]
+    assert f"rank 1 of 2 (pid {victim}) was killed by SIGKILL" in last, stderr[-2000:]
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["iteration"] >= 1
+
+    from metarl.cli import main
+
+    assert main(["train", "--resume", "--run-dir", str(run_dir)]) == 2  # 1 process: refused, one line
+    assert "written by 2 process(es), this run has 1" in capsys.readouterr().err
+    resumed = subprocess.run(
+        _metarl("train", "--resume", "--run-dir", str(run_dir), "--nproc", "2"),
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _rows(run_dir) == _rows(uninterrupted)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux ``/proc``)."""
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _environ(pid: int) -> dict[str, str]:
+    items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in items if b"=" in item)
+
+
+def test_two_nodes_rendezvous_on_localhost_and_train(tmp_path: Path) -> None:
+    """``torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint 127.0.0.1:PORT`` twice (two "nodes" of one
+    process each): they meet, rank 0 writes the run dir, 2 iterations are trained."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = tmp_path / "run.toml"
+    config.write_text(RUN_TOML.format(iterations=2))
+    run_dir = tmp_path / "two_nodes"
+    nodes = [
+        subprocess.Popen(
+            [
+                *_metarl()[:1],
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(node),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "metarl-test",
+                "--max-restarts",
+                "0",
+                "-m",
+                "metarl",
+                "train",
+                str(config),
+                "--run-dir",
+                str(run_dir),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
+        for node in range(2)
+    ]
+    outputs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], "\n".join(o[-1500:] for o in outputs)
+    assert sum("on 2 processes" in o for o in outputs) == 1  # one writer
+    rows = _rows(run_dir)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    assert rows[0]["env_steps"] == 2 * 2 * 2 * 10  # 2 tasks × 2 episodes × (support + query) × 10 steps
