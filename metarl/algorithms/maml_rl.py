@@ -20,9 +20,9 @@ gradient and the KL are functions of θ alone. Three outer optimisers (``outer``
   the sampling-time adapted policy and the one re-adapted from the candidate θ — the convention of the MAML
   code (cbfinn/maml_rl ``maml_npo.py`` constrains the KL of the final, adapted policies) and of
   pytorch-maml-rl (``MAMLTRPO.surrogate_loss`` re-adapts and takes ``kl_divergence(pi, old_pi)``). Its
-  Hessian (the Fisher of the adapted policies pulled back through the inner loop) is applied by double
-  backward through the inner loop; conjugate gradient and the backtracking line search are
-  ``metarl.optim``.
+  Hessian at θ_old (the Fisher of the adapted policies pulled back through the inner loop) is applied as
+  the Gauss-Newton product ``Jᵀ M J v`` from graphs cached once per step (``fvp = "gauss_newton"``) or by
+  double backward (``"hessian"``); conjugate gradient and the backtracking line search are ``metarl.optim``.
 - ``"ppo"`` (ProMP, Rothfuss et al. 2018, arXiv:1810.06784; garage's MAML-PPO): the clipped surrogate,
   ``ppo_epochs`` Adam steps on the same query data, re-adapting from the current θ at every epoch.
 - ``"vpg"``: one Adam step on the REINFORCE meta-objective (the simplest; fine for short runs).
@@ -727,7 +727,8 @@ class MAMLRL(MetaLearner[Batch, Params]):
         else:
             loss, kl = surrogate_and_kl(meta, not cfg.first_order)
             loss_before = distributed.all_reduce_scalar(loss.detach())
-            loss_grad = distributed.all_reduce_mean(_flat(torch.autograd.grad(loss, leaves, retain_graph=True)))
+            loss_grad = _flat(torch.autograd.grad(loss, leaves, retain_graph=True))
+            loss_grad = distributed.all_reduce_mean(loss_grad)  # over the ranks' task shards
             gradient_s = time.perf_counter() - start
             if not (adapted_kl and cfg.fvp_subsample == 1):  # else: the KL above, graph and all
                 kl = self._constraint_kl(supports, query, old, cfg.fvp_subsample)(meta, not cfg.first_order)
