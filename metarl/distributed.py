@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from metarl import losses
 from metarl.errors import ConfigError
 
 T = TypeVar("T")
@@ -113,9 +114,9 @@ def all_reduce_mean(vector: torch.Tensor) -> torch.Tensor:
     """The mean over ranks of ``vector`` (a new tensor; ``vector`` itself at world size 1)."""
     if world_size() == 1:
         return vector
-    out = vector.detach().clone()
+    out = vector.detach().to(_collective_device(), copy=True)  # nccl reduces GPU tensors only
     dist.all_reduce(out)
-    return out.div_(world_size())
+    return out.div_(world_size()).to(vector.device)
 
 
 def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
@@ -126,9 +127,9 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
     for t in tensors:
         groups.setdefault((t.device, t.dtype), []).append(t)
     for group in groups.values():
-        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        flat = torch.cat([t.detach().reshape(-1) for t in group]).to(_collective_device())
         dist.all_reduce(flat)
-        flat.div_(world_size())
+        flat = flat.div_(world_size()).to(group[0].device)
         offset = 0
         with torch.no_grad():
             for t in group:
@@ -136,12 +137,39 @@ def all_reduce_mean_(tensors: Iterable[torch.Tensor]) -> None:
                 offset += t.numel()
 
 
-def all_reduce_grads_(parameters: Iterable[torch.Tensor]) -> None:
-    """Average the ``.grad`` of ``parameters`` over ranks before an optimiser step (ranks hold the same
-    parameters and have the same parameters without a gradient)."""
+def all_reduce_grads_(parameters: Iterable[torch.Tensor] | torch.optim.Optimizer) -> None:
+    """Average the ``.grad`` of ``parameters`` (or of every parameter an optimiser updates) over ranks
+    before an optimiser step: each rank's loss is the mean over its shard of the meta-batch, so the mean of
+    the ranks' gradients is the gradient of the meta-batch's mean loss. Ranks hold the same parameters and
+    the same ones lack a gradient."""
     if world_size() == 1:
         return
+    if isinstance(parameters, torch.optim.Optimizer):
+        parameters = [p for group in parameters.param_groups for p in group["params"]]
     all_reduce_mean_(p.grad for p in parameters if p.grad is not None)
+
+
+def all_reduce_buffers_(module: torch.nn.Module) -> None:
+    """Average a module's floating buffers (BatchNorm running statistics) over ranks after a training
+    step, so that every rank evaluates and checkpoints the same network (counters stay as they are: every
+    rank counts the same steps)."""
+    if world_size() == 1:
+        return
+    all_reduce_mean_(b for b in module.buffers() if b.is_floating_point())
+
+
+def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """:func:`metarl.losses.normalize_advantages` with the mean and variance over the valid steps of every
+    rank's shard (the statistics one process would compute on the whole meta-batch)."""
+    if world_size() == 1:
+        return losses.normalize_advantages(advantages, mask, eps)
+    moments = torch.stack([(advantages * mask).sum(), mask.sum()])
+    dist.all_reduce(moments)
+    n = moments[1].clamp(min=1.0)
+    mean = moments[0] / n
+    squares = (((advantages - mean) * mask) ** 2).sum()
+    dist.all_reduce(squares)
+    return (advantages - mean) * torch.rsqrt(squares / n + eps) * mask
 
 
 def all_reduce_scalar(value: float | torch.Tensor, op: str = "mean") -> float:

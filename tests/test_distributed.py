@@ -62,18 +62,70 @@ def _maml_rl(fvp: str, outer: str = "trpo", **overrides: Any) -> Check:
         query = learner.support(tasks, params, config.num_inner_steps)
         old = learner._old_policy(params, query)
         part = slice(r * 4 // world, (r + 1) * 4 // world)
+        before = _snapshot(learner.meta_parameters())
         step_fn = {"trpo": learner._trpo_step, "vpg": learner._vpg_step, "ppo": learner._ppo_step}[outer]
         step_fn(
             [_task_slice(b, part) for b in supports],
             _task_slice(query, part),
             OldPolicy(*(t[:, part] for t in old)),
         )
-        return {k: v.detach().clone() for k, v in learner.meta_parameters().items()}
+        return {**_snapshot(learner.meta_parameters()), **_snapshot(before, "initial/")}
 
     return run
 
 
+def _snapshot(params: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().clone() for k, v in params.items()}
+
+
+def _maml_supervised(r: int, world: int) -> dict[str, torch.Tensor]:
+    """One second-order Meta-SGD step of supervised MAML on rank ``r``'s share of 4 fixed sinusoid tasks (the
+    tasks carry their data points)."""
+    import numpy as np
+
+    from metarl.algorithms.maml_supervised import MAMLSupervised, MAMLSupervisedConfig
+    from metarl.data import SinusoidSampler
+
+    config = MAMLSupervisedConfig(
+        meta_batch_size=4, num_inner_steps=2, inner_lr=0.01, network="mlp", learn_inner_lr=True
+    )
+    sampler = SinusoidSampler()
+    learner = MAMLSupervised(config, sampler, torch.device("cpu"), ways=0, seed=0)
+    tasks = sampler.sample(4, split="train", rng=np.random.default_rng(1))
+    before = {**learner.state_dict()["params"], **learner.state_dict()["inner_lrs"]}
+    learner.meta_update(tasks[r * 4 // world : (r + 1) * 4 // world])
+    after = {**learner.state_dict()["params"], **learner.state_dict()["inner_lrs"]}
+    return {**after, **_snapshot(before, "initial/")}
+
+
+def _rl2(r: int, world: int) -> dict[str, torch.Tensor]:
+    """Two PPO epochs of RL² (the advantage normaliser, the value normaliser's moments and the gradients over
+    ranks) on rank ``r``'s trials of one fixed rollout of 4 bandit tasks."""
+    import numpy as np
+
+    from metarl.algorithms import ALGORITHMS
+    from metarl.config import resolve
+
+    env = {"id": "metarl/Bandit-K5-v0", "kwargs": {"num_pulls": 10}, "max_episode_steps": 10}
+    algo = {"name": "rl2", "meta_batch_size": 4, "episodes_per_trial": 1, "hidden_size": 16, "lr": 0.01}
+    raw = {"run": {"seed": 0}, "env": env, "algo": {**algo, "ppo_epochs": 2, "num_minibatches": 1}}
+    family, learner = ALGORITHMS["rl2"].build(resolve(raw), torch.device("cpu"))
+    tasks = family.sample(4, split="train", rng=np.random.default_rng(1))
+    env_ = learner._make_env(tasks, 1, learner.generator)
+    segments = learner.config.segments_per_trial
+    traj, _ = learner._rollout(env_, learner._zero_state(4), segments, learner.generator)
+    rows = slice(r * 4 // world, (r + 1) * 4 // world)  # one trial per task, task-major rows
+    mine = type(traj)(*(t[:, rows] for t in traj))
+    learner._make_env = lambda *args: None  # the fixed rollout instead of a fresh one
+    learner._rollout = lambda *args: (mine, None)
+    before = _snapshot(learner.net.state_dict(), "initial/")
+    learner.meta_update(tasks[rows])
+    return {**_snapshot(learner.net.state_dict()), **before}
+
+
 CHECKS: dict[str, Check] = {
+    "maml_supervised_meta_sgd": _maml_supervised,
+    "rl2_ppo": _rl2,
     "maml_trpo_gauss_newton": _maml_rl("gauss_newton"),
     "maml_trpo_hessian": _maml_rl("hessian"),
     "maml_trpo_meta_sgd": _maml_rl("gauss_newton", learn_inner_lr=True),
@@ -110,21 +162,8 @@ def test_one_meta_update_on_two_ranks_equals_one_process(
         for key, value in single.items():
             diff = (two_ranks[r][name][key] - value).abs().max().item()
             assert diff <= TOLERANCE, f"{name}: rank {r} differs in {key} by {diff:.2e}"
-    # the update moved the parameters (a no-op step would pass trivially)
-    fresh = _initial_parameters(name)
-    assert any(not torch.equal(fresh[k], single[k]) for k in single)
-
-
-def _initial_parameters(name: str) -> dict[str, torch.Tensor]:
-    """The meta-parameters before the update (a learner built the same way, no step)."""
-    from metarl.algorithms.maml_rl import MAMLRL, MAMLRLConfig
-    from metarl.families import env_factory
-    from metarl.rollouts import RolloutSampler
-
-    meta_sgd = name == "maml_trpo_meta_sgd"
-    config = MAMLRLConfig(hidden_sizes=(8,), meta_batch_size=4, rollouts_per_task=3, learn_inner_lr=meta_sgd)
-    sampler = RolloutSampler(env_factory(NAV, {}, 10), 10, 3, torch.device("cpu"), 0)
-    return {k: v.detach().clone() for k, v in MAMLRL(config, sampler, 0).meta_parameters().items()}
+    after = [k for k in single if not k.startswith("initial/")]
+    assert any(not torch.equal(single[k], single["initial/" + k]) for k in after)  # the step did something
 
 
 def test_shard_and_collectives_are_the_identity_at_world_size_one() -> None:

@@ -79,7 +79,7 @@ from torch import nn
 from torch.func import functional_call, grad, grad_and_value, vmap
 
 from envs.base import Task
-from metarl import checks
+from metarl import checks, distributed
 from metarl.core import MetaLearner, TaskSampler
 from metarl.data import FewShotBatch
 from metarl.seeding import seeded
@@ -529,6 +529,7 @@ class MAMLSupervised(MetaLearner[FewShotBatch, MAMLState]):
         outer_loss = query_losses.mean()
         self.optimizer.zero_grad(set_to_none=True)
         outer_loss.backward()
+        distributed.all_reduce_grads_(self.optimizer)  # data-parallel: the meta-batch's mean gradient
         self.optimizer.step()
         last = c.num_inner_steps - 1
 

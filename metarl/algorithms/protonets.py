@@ -31,7 +31,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from metarl import checks
+from metarl import checks, distributed
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
 from metarl.data import Episode, EpisodeSampler, FewShotBatch
@@ -178,8 +178,10 @@ class ProtoNets(MetaLearner[FewShotBatch, ProtoState]):
         loss = F.cross_entropy(scores.flatten(0, 1), batch.query_y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads_(self.optimizer)  # data-parallel: the meta-batch's mean gradient
         self.optimizer.step()
-        self.episodes_seen += len(tasks)
+        distributed.all_reduce_buffers_(self.net)  # the same BatchNorm statistics on every rank
+        self.episodes_seen += len(tasks) * distributed.world_size()  # the whole meta-batch's episodes
         return {
             "env_steps": float(len(tasks)),
             "meta_train/accuracy_pre_adapt": 1.0 / ways,

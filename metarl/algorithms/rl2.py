@@ -65,7 +65,7 @@ from torch import nn
 
 from envs.bandit import BernoulliBanditEnv
 from envs.base import Task
-from metarl import checkpoint, checks, losses
+from metarl import checkpoint, checks, distributed, losses
 from metarl.core import MetaLearner
 from metarl.errors import ConfigError
 from metarl.families import FamilyTaskSampler, env_factory, horizon_of
@@ -425,6 +425,7 @@ class RL2(MetaLearner[Segment, RL2State]):
     def _update_value_stats(self, returns: torch.Tensor) -> None:
         decay = self.config.value_norm_decay
         batch = torch.stack([returns.mean(), (returns * returns).mean(), torch.ones(())]).double().cpu()
+        batch = distributed.all_reduce_mean(batch)  # the moments of every rank's returns
         self.value_stats = decay * self.value_stats + (1 - decay) * batch
 
     def _segment_returns(self, traj: Trajectory, num_tasks: int) -> torch.Tensor:
@@ -478,8 +479,8 @@ class RL2(MetaLearner[Segment, RL2State]):
 
         advantages = losses.trial_gae(traj.rewards, traj.values, traj.mask, cfg.gamma, cfg.gae_lambda)
         returns = advantages + traj.values
-        if cfg.normalize_advantages:
-            advantages = losses.normalize_advantages(advantages, traj.mask)
+        if cfg.normalize_advantages:  # over the whole meta-batch (every rank's trials)
+            advantages = distributed.normalize_advantages(advantages, traj.mask)
         self._update_value_stats(returns[traj.mask > 0])
         mean, std = self._value_scale()
         targets = (returns - mean) / std  # what the value head regresses on
@@ -504,6 +505,7 @@ class RL2(MetaLearner[Segment, RL2State]):
                 loss = terms.policy + cfg.value_coef * terms.value - cfg.entropy_coef * terms.entropy
                 self.optimizer.zero_grad()
                 loss.backward()
+                distributed.all_reduce_grads_(self.optimizer)  # data-parallel: each rank's minibatch
                 nn.utils.clip_grad_norm_(self.net.parameters(), cfg.max_grad_norm)
                 self.optimizer.step()
                 sums += torch.stack([t.detach() for t in terms])

@@ -57,7 +57,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from envs.base import Task
-from metarl import checks
+from metarl import checks, distributed
 from metarl.algorithms.maml_supervised import Conv4
 from metarl.core import MetaLearner
 from metarl.data import EpisodeSampler, FewShotBatch, SinusoidSampler
@@ -336,7 +336,9 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
         loss = self.loss(scores, y)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.all_reduce_grads_(self.optimizer)  # data-parallel: the meta-batch's mean gradient
         self.optimizer.step()
+        distributed.all_reduce_buffers_(self.net)  # the same BatchNorm statistics on every rank
         if self.regression:
             with torch.no_grad():  # the updated network on these tasks, before and after one adaptation step
                 state = self._state(batch, 0)
