@@ -195,7 +195,7 @@ def main() -> None:
     )
     parser.add_argument("--config", type=Path, default=ROOT / "experiments" / "rl2_bandit_k10_n100.toml")
     parser.add_argument("--set", action="append", default=[], help="algo override KEY=VALUE (Python literal)")
-    parser.add_argument("--baseline", default=None, help="git revision whose RL² to time against (before/after)")
+    parser.add_argument("--baseline", default=None, help="git revision whose RL² to time (before/after)")
     parser.add_argument("--repeats", type=int, default=3, help="before/after alternations with --baseline")
     parser.add_argument(
         "--sb3-rollouts", type=int, default=4, help="RecurrentPPO rollouts of 128 steps × envs"
@@ -216,13 +216,13 @@ def main() -> None:
         print(f"\nspeed-up after/before per alternation: {', '.join(f'{r:.2f}' for r in ratios)}; "
               f"mean {np.mean(ratios):.2f}")
         return
-    rows = [("metarl RL² (GRU, 1000 trials/batch)", metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides))]
+    ours = metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides)
+    rows = [("metarl RL² (GRU, 1000 trials/batch)", ours)]
     for envs_ in args.sb3_envs:
         result = sb3_recurrent_ppo(args.hidden, envs_, envs_ * 128 * args.sb3_rollouts)
         rows.append((f"sb3_contrib RecurrentPPO (LSTM, {envs_} envs)", result))
-    rows.append(
-        ("metarl RL² again (load drift check)", metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides))
-    )
+    again = metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides)
+    rows.append(("metarl RL² again (load drift check)", again))
     ours = (rows[0][1][0] + rows[-1][1][0]) / 2
     print("| learner | recurrent units | env steps | wall (s) | env steps/s | RL² speed-up |")
     print("|---|---|---|---|---|---|")
