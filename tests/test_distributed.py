@@ -133,11 +133,34 @@ CHECKS: dict[str, Check] = {
 }
 
 
+def _protonets(r: int, world: int, images: Path) -> dict[str, torch.Tensor]:
+    """Two ProtoNets steps on rank ``r``'s share of 4 episodes: the network and its BatchNorm statistics."""
+    import numpy as np
+    from fewshot_fixtures import make_image_folder
+
+    from metarl.algorithms.protonets import ProtoNets, ProtoNetsConfig
+    from metarl.data import EpisodeSampler, EpisodeShape, load_image_folder
+    from metarl.seeding import seeded
+
+    dataset, train, test = load_image_folder(make_image_folder(images, 6, 3, 4))
+    tasks = EpisodeSampler(dataset, train, test, EpisodeShape(3, 1, 2), EpisodeShape(3, 1, 2))
+    with seeded(0):  # as the registry's builder does: the same initial network on every rank
+        learner = ProtoNets(ProtoNetsConfig(hidden_channels=8), tasks, torch.device("cpu"))
+    before = _snapshot(learner.net.state_dict(), "initial/")
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        learner.meta_update(tasks.sample(4, split="train", rng=rng)[r * 4 // world : (r + 1) * 4 // world])
+    seen = torch.tensor(learner.episodes_seen)
+    return {**_snapshot(learner.net.state_dict()), **before, "episodes_seen": seen}
+
+
 def _worker(r: int, world: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=world)
     try:
-        torch.save({name: check(r, world) for name, check in CHECKS.items()}, f"{out}.{r}")
+        results = {name: check(r, world) for name, check in CHECKS.items()}
+        results["protonets"] = _protonets(r, world, Path(f"{out}.images.{r}"))
+        torch.save(results, f"{out}.{r}")
     finally:
         dist.destroy_process_group()
 
@@ -164,6 +187,20 @@ def test_one_meta_update_on_two_ranks_equals_one_process(
             assert diff <= TOLERANCE, f"{name}: rank {r} differs in {key} by {diff:.2e}"
     after = [k for k in single if not k.startswith("initial/")]
     assert any(not torch.equal(single[k], single["initial/" + k]) for k in after)  # the step did something
+
+
+def test_batchnorm_learners_keep_every_rank_identical(
+    two_ranks: list[dict[str, dict[str, torch.Tensor]]],
+) -> None:
+    """ProtoNets normalises with each rank's own batch (as DDP without SyncBatchNorm), so it is not compared
+    with one process; its ranks hold the same weights and the same averaged running statistics, and count
+    the episodes of the whole meta-batch."""
+    rank0, rank1 = (two_ranks[r]["protonets"] for r in range(2))
+    for key, value in rank0.items():
+        assert torch.equal(value, rank1[key]), key
+    stats = [k for k in rank0 if k.endswith("running_mean") and not k.startswith("initial/")]
+    assert stats and all(not torch.equal(rank0[k], rank0["initial/" + k]) for k in stats)
+    assert int(rank0["episodes_seen"]) == 2 * 4
 
 
 def test_shard_and_collectives_are_the_identity_at_world_size_one() -> None:
