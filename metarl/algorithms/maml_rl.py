@@ -332,6 +332,10 @@ class MAMLRL(MetaLearner[Batch, Params]):
     metric_name = "return"
     higher_is_better = True
 
+    @property
+    def step_unit(self) -> str:
+        return f"inner gradient steps ({self.config.rollouts_per_task} episodes each)"
+
     def __init__(self, config: MAMLRLConfig, sampler: RolloutSampler, seed: int) -> None:
         self.config = config
         self.sampler = sampler
@@ -404,10 +408,6 @@ class MAMLRL(MetaLearner[Batch, Params]):
         return vmap(self._surrogate, in_dims=(0, 1, 1, 1, 1))(
             params, ep.obs, ep.actions, batch.advantages, ep.mask
         )
-    @property
-    def step_unit(self) -> str:
-        return f"inner gradient steps ({self.config.rollouts_per_task} episodes each)"
-
 
     def _inner_step(self, params: Params, batch: Batch, lr: float | Params, create_graph: bool) -> Params:
         """``θ'_i = θ_i − α ⊙ ∇L_{T_i}(θ_i)`` for every task; ``lr``: a float or per parameter (Meta-SGD)."""
