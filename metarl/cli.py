@@ -339,6 +339,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("metarl: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as exc:  # a data-parallel rank whose peer died: one line, not gloo's traceback
+        if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            raise
+        from metarl import distributed
+
+        if not distributed.lost_peer(exc):
+            raise
+        print(f"metarl: error: rank {distributed.rank()}: {distributed.lost_peer(exc)}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -285,6 +285,14 @@ def _collective_device() -> torch.device:
     return torch.device("cpu")
 
 
+def lost_peer(exc: BaseException) -> str:
+    """What a collective's error says when a peer process died or hung (``""`` for any other error)."""
+    text = str(exc)
+    if isinstance(exc, dist.DistError) or "closed by peer" in text or "Timed out" in text:
+        return "another process of the job stopped or stopped answering; the job ends (see its own message)"
+    return ""
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run ``python -m metarl ARGV`` on ``nproc`` local ranks with torch's elastic launcher, in this process
     (``torchrun --standalone --nproc-per-node NPROC -m metarl ARGV``); returns the exit code.
@@ -307,14 +315,15 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         run(parse_args(torchrun))
     except ChildFailedError as exc:
         failed_rank, failure = exc.get_first_failure()
-        how = (
-            f"was killed by {failure.signal_name()}"
-            if failure.exitcode < 0
-            else f"exited with code {failure.exitcode}"
-        )
+        if failure.exitcode < 0:
+            how = f"was killed by {failure.signal_name()}"
+        elif failure.exitcode in (2, 3):  # a metarl error: the rank printed it
+            how = f"exited with code {failure.exitcode} (its error is above)"
+        else:
+            how = f"exited with code {failure.exitcode}"
+        resume = "" if failure.exitcode in (2, 3) else " (continue from checkpoints/latest.pt with --resume)"
         print(
-            f"metarl: error: rank {failed_rank} of {nproc} (pid {failure.pid}) {how}; the job stopped "
-            "(checkpoints/latest.pt holds the last checkpoint: continue with --resume)",
+            f"metarl: error: rank {failed_rank} of {nproc} (pid {failure.pid}) {how}; the job stopped{resume}",
             file=sys.stderr,
         )
         return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
