@@ -322,10 +322,8 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         else:
             how = f"exited with code {failure.exitcode}"
         resume = "" if failure.exitcode in (2, 3) else " (continue from checkpoints/latest.pt with --resume)"
-        print(
-            f"metarl: error: rank {failed_rank} of {nproc} (pid {failure.pid}) {how}; the job stopped{resume}",
-            file=sys.stderr,
-        )
+        who = f"rank {failed_rank} of {nproc} (pid {failure.pid})"
+        print(f"metarl: error: {who} {how}; the job stopped{resume}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode
     finally:
         for log, level in zip(quiet, levels, strict=True):
