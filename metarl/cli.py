@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--device", choices=["cpu", "cuda", "auto"], help="where to evaluate (default: the run's run.device)"
     )
+    ev.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="evaluate on N processes of this machine, the tasks sharded across them (default: 1)",
+    )
     _trust_code(ev)
 
     cmp = sub.add_parser(
@@ -206,7 +213,8 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.device,
         trust_code=args.trust_code,
     )
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if paths:  # rank 0 writes the report (the other ranks of an --nproc evaluation return none)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -307,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "train":
+        if args.command in ("train", "evaluate"):
             if args.nproc < 1:
                 raise MetarlError(f"--nproc must be >= 1, got {args.nproc}")
             world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun on every rank
@@ -317,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                 return distributed.launch(args.nproc, _without_nproc(argv))
             if args.nproc not in (1, world):
                 raise MetarlError(f"--nproc {args.nproc} inside a torchrun job of {world} processes")
+        if args.command == "train":
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args)

@@ -321,7 +321,9 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
             how = f"exited with code {failure.exitcode} (its error is above)"
         else:
             how = f"exited with code {failure.exitcode}"
-        resume = "" if failure.exitcode in (2, 3) else " (continue from checkpoints/latest.pt with --resume)"
+        train = list(argv[:1]) == ["train"]
+        resume = " (continue from checkpoints/latest.pt with --resume)" if train else ""
+        resume = "" if failure.exitcode in (2, 3) else resume
         who = f"rank {failed_rank} of {nproc} (pid {failure.pid})"
         print(f"metarl: error: {who} {how}; the job stopped{resume}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 128 - failure.exitcode

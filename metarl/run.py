@@ -515,7 +515,7 @@ def _state(
 
 # -- data-parallel training (metarl.distributed) -----------------------------------------------------------
 def _check_world_size(config: ExperimentConfig) -> None:
-    """Refuse, on every rank, a meta-batch the ranks cannot share equally, or fewer held-out tasks than ranks."""
+    """Refuse a meta-batch the ranks cannot share equally, or fewer held-out tasks than ranks (every rank)."""
     distributed.check_divisible(config.algo.meta_batch_size, "algo.meta_batch_size")
     if config.run.eval_tasks < distributed.world_size():
         raise ConfigError(
@@ -610,7 +610,7 @@ def load_run(
     raw = read_config(run_dir, "not a run dir:")
     require_trust(raw, run_dir / CONFIG_FILE, trust_code)
     config = resolve(raw, list(overrides))
-    exp = Experiment.build(config, resolve_device(device or config.run.device))
+    exp = Experiment.build(config, distributed.init(resolve_device(device or config.run.device)))
     budget.check(config, exp.learner, exp.device)
     _load_learner(exp.learner, run_dir / "checkpoints" / f"{which}.pt")
     return exp
@@ -633,6 +633,8 @@ def evaluate(
     (:func:`metarl.core.evaluation_randomness`), exactly as the training-time evaluation does, so the same
     checkpoint, tasks and steps give the number the training printed (``meta_test/*`` of that iteration).
     A learner with no adaptation steps (ProtoNets, Matching Nets, SNAIL) is evaluated once (one point).
+    Under ``--nproc N`` (torchrun) each rank evaluates its share of the tasks with its own evaluation stream,
+    as the training-time evaluation of an N-rank run does, and rank 0 writes the report.
     """
     from metarl.evaluation import markdown_table, step_unit, write_report
 
@@ -647,9 +649,15 @@ def evaluate(
         tasks = exp.tasks.held_out(num_tasks, seed=run.eval_seed) if more else saved[:num_tasks]
     else:
         tasks = exp.tasks.sample(num_tasks, split=split, rng=np.random.default_rng(run.eval_seed))
-    print(f"evaluating {exp.config.algo_name} ({which} checkpoint): {num_tasks} {split} tasks, {steps} steps")
-    with evaluation_randomness(exp.learner, run.eval_seed):  # the training-time evaluation's numbers
-        curve = evaluate_adaptation(exp.learner, tasks, steps, progress=True)
+    main = distributed.is_main()
+    if main:
+        what = f"{num_tasks} {split} tasks, {steps} steps"
+        print(f"evaluating {exp.config.algo_name} ({which} checkpoint): {what}")
+    # the training-time evaluation's numbers
+    with evaluation_randomness(exp.learner, distributed.rank_seed(run.eval_seed)):
+        curve = _evaluate_sharded(exp.learner, tasks, steps, progress=main)
+    if not main:
+        return curve, {}
     source = exp.config.env.id if exp.config.env is not None else exp.config.data.dataset
     title = f"{exp.config.algo_name} on {source}: {num_tasks} {split} tasks ({which} checkpoint)"
     stem = f"{which}_{split}"

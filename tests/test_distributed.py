@@ -442,3 +442,21 @@ def test_two_nodes_rendezvous_on_localhost_and_train(tmp_path: Path) -> None:
     rows = _rows(run_dir)
     assert [r["iteration"] for r in rows] == [1, 2]
     assert rows[0]["env_steps"] == 2 * 2 * 2 * 10  # 2 tasks × 2 episodes × (support + query) × 10 steps
+
+
+def test_evaluate_on_two_ranks_gives_the_training_time_numbers(two_rank_run: tuple[Path, Path]) -> None:
+    """``metarl evaluate --nproc 2`` of a 2-rank run: the same shards and evaluation streams as its
+    training-time evaluation, so the same ``meta_test/*`` of the last iteration; rank 0 writes the report."""
+    import json
+    import subprocess
+
+    _, run_dir = two_rank_run
+    args = _metarl("evaluate", str(run_dir), "--nproc", "2")
+    done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1
+    report = json.loads((run_dir / "eval" / "latest_test.json").read_text())
+    curve = report["maml_rl"]
+    last = _rows(run_dir)[-1]
+    assert curve["mean"] == [last[f"meta_test/return_step_{k}"] for k in range(len(curve["mean"]))]
+    assert len(curve["per_task"][0]) == 2  # both held-out tasks, gathered from the two ranks
