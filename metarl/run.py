@@ -21,6 +21,10 @@ evaluation / checkpoint cadence and thread count may change. Evaluation reseeds 
 Reliability: one writer per run dir (an OS lock), every file written atomically, every check of a resume
 done before anything changes, a checkpoint at iteration 0, and a stop with exit code 3 at the first
 non-finite value (README, "Reliability").
+
+Data-parallel (``metarl train --nproc N`` / torchrun, :mod:`metarl.distributed`): every rank draws the same
+meta-batch and trains on its slice; rank 0 alone writes the run dir, metrics are reduced over ranks, the
+held-out evaluation is sharded and gathered, and checkpoints hold every rank's generator states.
 """
 
 from __future__ import annotations
