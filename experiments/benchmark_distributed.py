@@ -68,7 +68,8 @@ def timings(rows: list[dict[str, float]]) -> tuple[float, float]:
     rate_key = next(k for k in rows[0] if k.endswith("_per_second"))
     measured = list(zip(steps, rows, strict=True))[1:] or list(zip(steps, rows, strict=True))
     seconds = statistics.median(s / row[rate_key] for s, row in measured)
-    sampling = [s / row["time/sampling_s"] for s, row in measured if row.get("time/sampling_s")]
+    key = "time/sampling_s" if "time/sampling_s" in rows[0] else "time/rollout_s"  # MAML-RL / RL²
+    sampling = [s / row[key] for s, row in measured if row.get(key)]
     return seconds, statistics.median(sampling) if sampling else float("nan")
 
 
