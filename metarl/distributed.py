@@ -35,6 +35,8 @@ from metarl import losses
 from metarl.errors import ConfigError
 
 T = TypeVar("T")
+#: the random generators a learner draws from (``MetaLearner.generators``)
+Generators = Sequence[torch.Generator | np.random.Generator]
 
 #: environment variable: seconds a collective waits for its peers before the rank fails
 TIMEOUT_ENV = "METARL_COLLECTIVE_TIMEOUT_S"
@@ -228,12 +230,6 @@ def broadcast_object(obj: Any) -> Any:
     return box[0]
 
 
-def barrier() -> None:
-    """Wait for every rank (a no-op at world size 1)."""
-    if world_size() > 1:
-        dist.barrier()
-
-
 def rank_seed(seed: int, index: int = 0) -> int:
     """A 63-bit seed for generator ``index`` of this rank: ``seed`` itself on rank 0 when ``index`` is 0
     (the single-process streams), an independent stream from ``(seed, rank, index)`` otherwise."""
@@ -243,7 +239,7 @@ def rank_seed(seed: int, index: int = 0) -> int:
     return int(np.random.SeedSequence([int(seed), r, int(index)]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def reseed_for_rank(generators: Sequence[torch.Generator | np.random.Generator], seed: int) -> None:
+def reseed_for_rank(generators: Generators, seed: int) -> None:
     """Give ranks other than 0 their own environment and policy randomness, from ``(seed, rank)``.
 
     Learners are built from the run's seed on every rank (identical initial parameters); this reseeds the
@@ -259,12 +255,9 @@ def reseed_for_rank(generators: Sequence[torch.Generator | np.random.Generator],
             g.bit_generator.state = type(g.bit_generator)(rank_seed(seed, index + 1)).state
 
 
-def generator_states(generators: Sequence[torch.Generator | np.random.Generator]) -> list[Any]:
+def generator_states(generators: Generators) -> list[Any]:
     """The states of ``generators`` (torch byte tensors on the CPU, numpy state dicts), for a checkpoint."""
     return [g.get_state() if isinstance(g, torch.Generator) else g.bit_generator.state for g in generators]
-
-
-Generators = Sequence[torch.Generator | np.random.Generator]
 
 
 def set_generator_states(generators: Generators, states: list[Any]) -> None:
