@@ -80,6 +80,7 @@ def mujoco_limit(env_id: str, ranks: int) -> float:
     path = ROOT / "experiments" / "benchmark_envs.py"
     spec = importlib.util.spec_from_file_location("benchmark_envs", path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    sys.modules[spec.name] = module  # type: ignore[union-attr]  (its dataclasses look themselves up there)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     raw, frame_skip = module.raw_mj_step_rate(env_id, 200, 2.0, 0, 3)
     return ranks * raw / frame_skip
