@@ -56,7 +56,8 @@ class MujocoBatchSpec:
         reset_noise_scale: ``qpos = init_qpos + U(-s, s)``, ``qvel = init_qvel + s·N(0, 1)``.
         com_body: ``None``, or the id of the body whose subtree centre of mass (MuJoCo's
             ``subtree_com``, world frame, 3 values, at the current ``qpos``) is appended to the
-            observation (cbfinn/maml_rl's half-cheetah observation, :class:`envs.locomotion.HalfCheetahVelEnv`).
+            observation (cbfinn/maml_rl's half-cheetah observation,
+            :class:`envs.locomotion.HalfCheetahVelEnv`).
     """
 
     qpos_skip: int

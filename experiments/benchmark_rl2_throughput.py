@@ -213,8 +213,10 @@ def main() -> None:
         for name, (rate, steps, wall) in rows:
             print(f"| {name} | {steps} | {wall:.1f} | {rate:,.0f} |")
         ratios = [a / b for a, b in zip(after, before, strict=True)]
-        print(f"\nspeed-up after/before per alternation: {', '.join(f'{r:.2f}' for r in ratios)}; "
-              f"mean {np.mean(ratios):.2f}")
+        print(
+            f"\nspeed-up after/before per alternation: {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"mean {np.mean(ratios):.2f}"
+        )
         return
     ours = metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides)
     rows = [("metarl RL² (GRU, 1000 trials/batch)", ours)]

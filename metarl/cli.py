@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
         "--kwargs",
         default="{}",
         metavar="JSON",
-        help='constructor keyword arguments as a JSON object, e.g. \'{"goal_range": 2.0}\' (default: {})',
+        help="constructor keyword arguments as a JSON object, e.g. '{\"goal_range\": 2.0}' (default: {})",
     )
     check.add_argument(
         "--max-episode-steps",

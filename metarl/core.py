@@ -30,7 +30,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Generic, TypeVar, Union
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
@@ -40,7 +40,7 @@ from envs.base import Task
 Adapted = TypeVar("Adapted")
 Support = TypeVar("Support")
 #: A source of random numbers a learner draws from.
-RandomGenerator = Union[torch.Generator, np.random.Generator]
+RandomGenerator = torch.Generator | np.random.Generator
 
 
 class TaskSampler(abc.ABC):

@@ -94,7 +94,9 @@ def evaluate_adaptation(
         from tqdm import tqdm
 
         desc = f"evaluating {len(tasks)} tasks"
-        with tqdm(total=steps + 1, desc=desc, unit="point", leave=False, disable=None) as bar:  # on a terminal
+        with tqdm(
+            total=steps + 1, desc=desc, unit="point", leave=False, disable=None
+        ) as bar:  # on a terminal
             curve = adaptation_curve(learner, tasks, steps, on_point=bar.update)
     stats = [mean_ci95(row) for row in curve]
     return AdaptationCurve(

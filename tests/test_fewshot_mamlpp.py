@@ -4,7 +4,6 @@ and with every option at its default a meta-step is the plain-MAML one computed 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ inverse temperature, and old checkpoints still load."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest

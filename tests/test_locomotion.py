@@ -264,7 +264,9 @@ def test_batched_matches_gymnasium_step_for_step(env_id: str, steps: int) -> Non
     batch.close()
 
 
-@pytest.mark.parametrize(("env_id", "ctrl"), [("metarl/HalfCheetahVel-v0", 0.05), ("metarl/AntDir-v0", 0.005)])
+@pytest.mark.parametrize(
+    ("env_id", "ctrl"), [("metarl/HalfCheetahVel-v0", 0.05), ("metarl/AntDir-v0", 0.005)]
+)
 def test_out_of_range_actions_move_and_cost_like_clipped_ones(env_id: str, ctrl: float) -> None:
     """An action of 3.0 moves and costs like 1.0, in the gymnasium env and the fast path alike."""
     family = gym.make(env_id).unwrapped

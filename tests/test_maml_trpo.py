@@ -158,7 +158,9 @@ def test_gauss_newton_products_equal_the_kl_hessian_at_theta_old(overrides: dict
     gen = torch.Generator().manual_seed(0)
     for _ in range(2):
         v = torch.randn(kl_grad.numel(), generator=gen)
-        exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True)])
+        exact = torch.cat(
+            [g.reshape(-1) for g in torch.autograd.grad(kl_grad @ v, leaves, retain_graph=True)]
+        )
         torch.testing.assert_close(product(v), exact, rtol=0, atol=1e-5 * exact.abs().max().item())
         assert v @ exact > 0
 

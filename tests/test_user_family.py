@@ -171,9 +171,7 @@ def family_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def write_run(
-    where: Path, algo: str, cls: str = "Line", iterations: int = 2, eval_every: int = 1
-) -> Path:
+def write_run(where: Path, algo: str, cls: str = "Line", iterations: int = 2, eval_every: int = 1) -> Path:
     path = where / f"{algo}_{cls}_{iterations}.toml"
     keys = ALGO_KEYS[algo]
     text = RUN.format(iterations=iterations, eval_every=eval_every, cls=cls, algo=algo, algo_keys=keys)
@@ -210,11 +208,10 @@ def test_every_rl_learner_trains_and_evaluates_a_family_without_envs_base(
 def test_make_batched_without_seed_is_used_by_rl2_and_maml(
     family_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    import line_family
     import torch
 
     from metarl.rollouts import BatchedFamily, GymBatchedEnv
-
-    import line_family
 
     assert BatchedFamily(line_family.FastLine).native
     for algo in ("rl2", "maml_rl"):
@@ -237,11 +234,10 @@ def test_make_batched_without_seed_is_used_by_rl2_and_maml(
 def test_gym_copies_follow_the_batched_protocol(family_dir: Path) -> None:
     """An episode that ended is not stepped again: last observation, zero reward, terminated until reset;
     truncated for all at the horizon; reset keeps the tasks."""
+    import line_family
     import torch
 
     from metarl.rollouts import BatchedFamily
-
-    import line_family
 
     family = BatchedFamily(line_family.StopsEarly)
     tasks = [line_family.Target(0.5), line_family.Target(-0.5)]
@@ -371,7 +367,9 @@ def test_list_and_train_without_the_extras_say_how_to_install_them(tmp_path: Pat
     config.write_text('[env]\nid = "metarl/HalfCheetahVel-v0"\n[algo]\nname = "maml_rl"\n')
     run_dir = tmp_path / "never"
     args = ["train", str(config), "--run-dir", str(run_dir)]
-    code = HIDE_EXTRAS + f"""
+    code = (
+        HIDE_EXTRAS
+        + f"""
 import gymnasium as gym
 import envs
 from metarl.cli import main
@@ -382,6 +380,7 @@ try:
 except ImportError as exc:
     print("@@make", exc, flush=True)
 """
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     out = proc.stdout.splitlines()

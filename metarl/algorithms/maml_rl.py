@@ -186,7 +186,9 @@ class MAMLRLConfig:
         if self.num_inner_steps < 0:
             raise ValueError(f"num_inner_steps must be >= 0, got {self.num_inner_steps}")
         if self.outer_threads < 0:
-            raise ValueError(f"outer_threads must be >= 0 (0: the process's setting), got {self.outer_threads}")
+            raise ValueError(
+                f"outer_threads must be >= 0 (0: the process's setting), got {self.outer_threads}"
+            )
         if self.fvp_task_chunk < 0:
             raise ValueError(f"fvp_task_chunk must be >= 0 (0: all tasks at once), got {self.fvp_task_chunk}")
         if self.fvp not in ("gauss_newton", "hessian"):
@@ -298,8 +300,8 @@ def _scaled(lr: float | Params, name: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def _task_major(t: torch.Tensor) -> torch.Tensor:
-    """``t [T, N, ...]`` with the same shape, stored task by task: each task's ``[T, ...]`` slice is contiguous,
-    so the per-task products of a ``vmap`` over dim 1 read and write dense memory."""
+    """``t [T, N, ...]`` with the same shape, stored task by task: each task's ``[T, ...]`` slice is
+    contiguous, so the per-task products of a ``vmap`` over dim 1 read and write dense memory."""
     return t.movedim(1, 0).contiguous().movedim(0, 1)
 
 
@@ -565,8 +567,8 @@ class MAMLRL(MetaLearner[Batch, Params]):
 
     # -- Gauss-Newton Fisher-vector products ----------------------------------------------------------
     def _linearize(self, meta: Params, supports: Sequence[Batch], obs: torch.Tensor) -> _Linearization:
-        """Cache the graphs of ``θ ↦ (μ, log σ)`` on ``obs [T, N, E, D]`` of the policies adapted from ``meta``
-        on ``supports`` (no inner step if empty), for the products :meth:`_jvp` and :meth:`_vjp`."""
+        """Cache the graphs of ``θ ↦ (μ, log σ)`` on ``obs [T, N, E, D]`` of the policies adapted from
+        ``meta`` on ``supports`` (no inner step if empty), for the products :meth:`_jvp` and :meth:`_vjp`."""
         names = list(self.policy.params())
         constants = {k: v.detach() for k, v in meta.items()}
         params = self._shared(constants, obs.shape[1])
@@ -637,7 +639,10 @@ class MAMLRL(MetaLearner[Batch, Params]):
             new = dict(w)
             if not self.config.first_order:
                 hessian_w = torch.autograd.grad(
-                    list(step.grads.values()), list(step.params.values()), [w[n] for n in names], retain_graph=True
+                    list(step.grads.values()),
+                    list(step.params.values()),
+                    [w[n] for n in names],
+                    retain_graph=True,
                 )
                 new = {n: new[n] - _scaled(step.lr, n, h) for n, h in zip(names, hessian_w, strict=True)}
             for n in self.inner_lrs:
@@ -696,7 +701,9 @@ class MAMLRL(MetaLearner[Batch, Params]):
             total = torch.zeros_like(v)
             for constrained, curvature_mean, curvature_log_std in pieces:
                 d_mean, d_log_std = self._jvp(constrained, v)
-                total = total + self._vjp(constrained, (curvature_mean * d_mean, curvature_log_std * d_log_std))
+                total = total + self._vjp(
+                    constrained, (curvature_mean * d_mean, curvature_log_std * d_log_std)
+                )
             return distributed.all_reduce_mean(total)  # the meta-batch's mean over ranks' task shards
 
         return distributed.all_reduce_scalar(loss), distributed.all_reduce_mean(loss_grad), fisher_product
