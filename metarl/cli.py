@@ -103,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
         "--device", choices=["cpu", "cuda", "auto"], help="where to evaluate (default: the run's run.device)"
     )
     ev.add_argument(
+        "--data-root",
+        help="where the supervised data set lies on this machine (default: the run's data.root)",
+    )
+    ev.add_argument(
         "--nproc",
         type=int,
         default=1,
@@ -212,6 +216,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.checkpoint,
         args.device,
         trust_code=args.trust_code,
+        data_root=args.data_root,
     )
     if paths:  # rank 0 writes the report (the other ranks of an --nproc evaluation return none)
         print("wrote " + ", ".join(str(p) for p in paths.values()))

@@ -628,8 +628,13 @@ def evaluate(
     which: str = "latest",
     device: str | None = None,
     trust_code: bool = False,
+    data_root: str | None = None,
 ) -> tuple[AdaptationCurve, dict[str, Path]]:
     """The adaptation table of a trained run; writes ``eval/<which>_<split>.{json,md,png}``.
+
+    ``data_root`` replaces the saved ``data.root`` of a supervised run (a run dir trained on another
+    machine, e.g. a zoo entry); the data set must be the one the run was trained on (same classes and
+    files), since ``tasks.json`` names classes and examples by index.
 
     Defaults are the run's own: ``num_tasks = run.eval_tasks``, ``steps = run.eval_steps`` and, for
     ``split = "test"``, the held-out tasks of its ``tasks.json`` (more tasks than it holds continue the same
@@ -642,7 +647,8 @@ def evaluate(
     """
     from metarl.evaluation import markdown_table, step_unit, write_report
 
-    exp = load_run(run_dir, which, device, trust_code=trust_code)
+    overrides = [] if data_root is None else [f"data.root={json.dumps(str(data_root))}"]
+    exp = load_run(run_dir, which, device, overrides, trust_code=trust_code)
     run = exp.config.run
     num_tasks = run.eval_tasks if num_tasks is None else num_tasks
     unit = step_unit(exp.learner)

@@ -75,6 +75,12 @@ def test_supervised_learner_trains_through_the_cli(tmp_path: Path) -> None:
     result = json.loads((run_dir / "eval" / "latest_test.json").read_text())["protonets"]
     assert result["steps"] == [0] and result["num_tasks"] == 6
     assert "support set is read once" in (run_dir / "eval" / "latest_test.md").read_text()
+    # a run dir evaluated where its data set lies elsewhere (a zoo entry on another machine): --data-root
+    moved = root.rename(tmp_path / "elsewhere")
+    assert main(["evaluate", str(run_dir)]) == 2
+    assert main(["evaluate", str(run_dir), "--data-root", str(moved)]) == 0
+    again = json.loads((run_dir / "eval" / "latest_test.json").read_text())["protonets"]
+    assert again["mean"] == result["mean"]
 
 
 def test_missing_omniglot_is_one_line(tmp_path: Path) -> None:
