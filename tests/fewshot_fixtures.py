@@ -24,23 +24,25 @@ def write_png(path: Path, image: np.ndarray) -> None:
     Image.fromarray(image).save(path)
 
 
-def make_omniglot(root: Path, drawers: int = 4, seed: int = 0) -> Path:
-    """A mini Omniglot: 2 background alphabets × 3 characters, 1 evaluation alphabet × 3, Vinyals split
-    files, and 2 Lake runs of 3 classes (ragged 20-way runs are not needed to test the parsing)."""
+def make_omniglot(root: Path, drawers: int = 4, seed: int = 0, characters: int = 3) -> Path:
+    """A mini Omniglot: 2 background alphabets × ``characters``, 1 evaluation alphabet × ``characters``,
+    Vinyals split files (the evaluation alphabet is the test split), and 2 Lake runs of 3 classes (ragged
+    20-way runs are not needed to test the parsing)."""
     rng = np.random.default_rng(seed)
     layout = {"images_background": ["Alpha", "Beta"], "images_evaluation": ["Gamma"]}
     names = []
     for half, alphabets in layout.items():
         for alphabet in alphabets:
-            for c in range(1, 4):
+            for c in range(1, characters + 1):
                 for d, image in enumerate(class_images(rng, drawers), start=1):
                     write_png(root / half / alphabet / f"character{c:02d}" / f"{c:04d}_{d:02d}.png", image)
                 names.append(f"{alphabet}/character{c:02d}")
     split_dir = root / "splits" / "vinyals"
     split_dir.mkdir(parents=True)
     rots = ("rot000", "rot090", "rot180", "rot270")
-    (split_dir / "train.txt").write_text("".join(f"{n}/{r}\n" for n in names[:6] for r in rots))
-    (split_dir / "test.txt").write_text("".join(f"{n}/{r}\n" for n in names[6:] for r in rots))
+    train = 2 * characters  # the two background alphabets
+    (split_dir / "train.txt").write_text("".join(f"{n}/{r}\n" for n in names[:train] for r in rots))
+    (split_dir / "test.txt").write_text("".join(f"{n}/{r}\n" for n in names[train:] for r in rots))
     for run in ("run01", "run02"):
         labels = []
         for c in range(1, 4):

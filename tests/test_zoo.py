@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fewshot_fixtures import class_images, write_png
+from fewshot_fixtures import make_omniglot
 
 from metarl import run
 from metarl.config import resolve
@@ -32,25 +32,6 @@ def test_zoo_has_entries_and_an_index() -> None:
     index = (ZOO / "README.md").read_text()
     for entry in ENTRIES:
         assert f"`{entry.name}`" in index, f"experiments/zoo/README.md does not list {entry.name}"
-
-
-def _fake_omniglot(root: Path, characters: int = 6, drawers: int = 7) -> Path:
-    """A folder in Omniglot's layout with a Vinyals split of ``characters`` × 4 rotations per half."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    names = []
-    for half, alphabet in (("images_background", "Alpha"), ("images_evaluation", "Gamma")):
-        for c in range(1, characters + 1):
-            for d, image in enumerate(class_images(rng, drawers), start=1):
-                write_png(root / half / alphabet / f"character{c:02d}" / f"{c:04d}_{d:02d}.png", image)
-            names.append(f"{alphabet}/character{c:02d}")
-    split_dir = root / "splits" / "vinyals"
-    split_dir.mkdir(parents=True)
-    rotations = ("rot000", "rot090", "rot180", "rot270")
-    (split_dir / "train.txt").write_text("".join(f"{n}/{r}\n" for n in names[:characters] for r in rotations))
-    (split_dir / "test.txt").write_text("".join(f"{n}/{r}\n" for n in names[characters:] for r in rotations))
-    return root
 
 
 @pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
@@ -69,7 +50,8 @@ def test_zoo_entry_evaluates(entry: Path, tmp_path: Path, monkeypatch: pytest.Mo
         assert paths["json"].is_file()
     else:
         monkeypatch.setenv("METARL_CACHE", str(tmp_path / "cache"))
-        root = _fake_omniglot(tmp_path / "omniglot", drawers=config.data.shots + 2)
+        # 5 test characters × 4 rotations: enough classes for the 20-way entries
+        root = make_omniglot(tmp_path / "omniglot", drawers=config.data.shots + 2, characters=5)
         overrides = [f"data.root={json.dumps(str(root))}", "data.split='vinyals'", "data.queries=1"]
         exp = run.load_run(copy, "latest", "cpu", overrides)
         steps = min(1, config.run.eval_steps)
