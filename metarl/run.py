@@ -652,7 +652,9 @@ def evaluate(
     run = exp.config.run
     num_tasks = run.eval_tasks if num_tasks is None else num_tasks
     unit = step_unit(exp.learner)
-    steps = 0 if not unit else (run.eval_steps if steps is None else steps)
+    # a learner that reads its support set once (ProtoNets, Matching Nets, SNAIL) is at chance before reading
+    # it (step 0): its one point is the accuracy after step 1, the training-time meta_test/*_step_1
+    steps = 1 if not unit else (run.eval_steps if steps is None else steps)
     if split == "test":
         saved = _held_out_from_file(exp, Path(run_dir))
         more = num_tasks > len(saved)  # beyond tasks.json: the same held-out stream, continued
@@ -661,11 +663,13 @@ def evaluate(
         tasks = exp.tasks.sample(num_tasks, split=split, rng=np.random.default_rng(run.eval_seed))
     main = distributed.is_main()
     if main:
-        what = f"{num_tasks} {split} tasks, {steps} steps"
+        what = f"{num_tasks} {split} tasks, " + (f"{steps} steps" if unit else "the support set read once")
         print(f"evaluating {exp.config.algo_name} ({which} checkpoint): {what}")
     # the training-time evaluation's numbers
     with evaluation_randomness(exp.learner, distributed.rank_seed(run.eval_seed)):
         curve = _evaluate_sharded(exp.learner, tasks, steps, progress=main)
+    if not unit:
+        curve = AdaptationCurve(curve.metric, curve.mean[-1:], curve.ci95[-1:], curve.per_task[-1:])
     if not main:
         return curve, {}
     source = exp.config.env.id if exp.config.env is not None else exp.config.data.dataset

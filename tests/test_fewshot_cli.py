@@ -74,6 +74,9 @@ def test_supervised_learner_trains_through_the_cli(tmp_path: Path) -> None:
     assert main(["evaluate", str(run_dir)]) == 0
     result = json.loads((run_dir / "eval" / "latest_test.json").read_text())["protonets"]
     assert result["steps"] == [0] and result["num_tasks"] == 6
+    # the one point is the accuracy after reading the support set (3-way chance is 1/3), the training's step 1
+    last_eval = [r for r in rows if "meta_test/accuracy_step_1" in r][-1]
+    assert result["mean"] == [last_eval["meta_test/accuracy_step_1"]] and result["mean"][0] > 0.4
     assert "support set is read once" in (run_dir / "eval" / "latest_test.md").read_text()
     # a run dir evaluated where its data set lies elsewhere (a zoo entry on another machine): --data-root
     moved = root.rename(tmp_path / "elsewhere")
