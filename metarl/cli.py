@@ -129,6 +129,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("--out", type=Path, help="output directory (default: runs/compare/<config name>)")
     cmp.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run on N processes of this machine, the held-out tasks sharded across them (default: 1)",
+    )
+    cmp.add_argument(
         "--device",
         choices=["cpu", "cuda", "auto"],
         help="override compare.device (default: the file's compare.device, itself 'auto')",
@@ -320,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command in ("train", "evaluate"):
+        if args.command in ("train", "evaluate", "compare"):
             if args.nproc < 1:
                 raise MetarlError(f"--nproc must be >= 1, got {args.nproc}")
             world = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun on every rank

@@ -68,10 +68,11 @@ import numpy as np
 import torch
 
 from envs.base import Task
-from metarl import atomic, checks
+from metarl import atomic, checks, distributed
 from metarl.config import DataConfig, Device, EnvConfig, build_dataclass, load_toml, resolve
+from metarl.core import evaluation_randomness
 from metarl.errors import ConfigError
-from metarl.evaluation import AdaptationCurve, evaluate_adaptation, mean_ci95
+from metarl.evaluation import AdaptationCurve, evaluate_adaptation, evaluate_sharded, mean_ci95
 
 Paradigm = Literal["scratch", "transfer", "meta", "oracle"]
 TransferMode = Literal["head", "full", "regularized"]
@@ -353,7 +354,7 @@ def _load_meta(
         if not method.config:
             raise ConfigError(f"meta run {method.run!r} does not exist and no config is given to train it")
         config = resolve(load_toml(method.config), [*overrides, f"run.device='{device}'"])
-        print(f"training {method.name or config.algo_name} from {method.config}")
+        say(f"training {method.name or config.algo_name} from {method.config}")
         run_dir = runs.train(config, run_dir)
         trust_code = True  # trained from the user's own config just now
     elif env_id is not None:
@@ -362,10 +363,40 @@ def _load_meta(
     return runs.load_run(run_dir, method.checkpoint, device, overrides, trust_code=trust_code)
 
 
+def say(message: str) -> None:
+    """Print ``message`` on rank 0 only (once, whatever the number of processes)."""
+    if distributed.is_main():
+        print(message)
+
+
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     start = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - start
+
+
+def _adaptation(learner: Any, tasks: Sequence[Task], steps: int, eval_seed: int) -> AdaptationCurve:
+    """A meta-learner's adaptation curve on ``tasks``. One process: with the checkpoint's own random
+    streams. ``--nproc N``: each rank adapts to its share of the tasks with streams reseeded from
+    ``(eval_seed, rank)`` (ranks that loaded one checkpoint would otherwise draw the same numbers for
+    different tasks) and the per-task values are gathered, in task order."""
+    if distributed.world_size() == 1:
+        return evaluate_adaptation(learner, tasks, steps)
+    with evaluation_randomness(learner, distributed.rank_seed(eval_seed)):
+        return evaluate_sharded(learner, tasks, steps)
+
+
+def _ppo_curves(
+    make_env: Callable[[], Any], tasks: Sequence[Task], budgets: Sequence[int], **kwargs: Any
+) -> Any:
+    """``sb3_ppo.ppo_curves`` over all of ``tasks``, each rank of ``--nproc N`` training its share; a task's
+    seeds come from its index in ``tasks`` (``first_index``), so the numbers do not depend on N."""
+    from metarl.baselines import sb3_ppo
+
+    lo, hi = distributed.shard_bounds(len(tasks))
+    kwargs["progress"] = kwargs.get("progress", False) and distributed.is_main()
+    local = sb3_ppo.ppo_curves(make_env, list(tasks)[lo:hi], budgets, first_index=lo, **kwargs)
+    return distributed.all_gather_tensor(torch.from_numpy(local), dim=1).numpy()
 
 
 def compare_rl(spec: CompareSpec, device: torch.device, trust_code: bool = False) -> Comparison:
@@ -386,18 +417,18 @@ def compare_rl(spec: CompareSpec, device: torch.device, trust_code: bool = False
     def ppo(name: str, paradigm: Paradigm, init: Any, finetune: str) -> MethodCurve:
         config = dataclasses.replace(spec.ppo, finetune=finetune)
         values, seconds = _timed(
-            lambda: sb3_ppo.ppo_curves(
+            lambda: _ppo_curves(
                 make_env,
                 tasks,
                 budgets,
-                config,
+                config=config,
                 eval_episodes=cfg.eval_episodes,
                 seed=cfg.seed,
                 init=init,
                 progress=True,
             )
         )
-        print(f"  {name}: {seconds:.0f} s")
+        say(f"  {name}: {seconds:.0f} s")
         return MethodCurve(name, paradigm, budgets, summarise(values, "return"), seconds)
 
     for method in spec.meta:
@@ -419,11 +450,13 @@ def compare_rl(spec: CompareSpec, device: torch.device, trust_code: bool = False
             raise ConfigError(
                 f"meta run {method.run!r} cannot be placed on the env-step axis: {err}"
             ) from None
-        curve, seconds = _timed(lambda exp=exp, steps=steps: evaluate_adaptation(exp.learner, tasks, steps))
+        curve, seconds = _timed(
+            lambda exp=exp, steps=steps: _adaptation(exp.learner, tasks, steps, cfg.eval_seed)
+        )
         scale = horizon / evaluated
         scaled = summarise(torch.tensor(curve.per_task) * scale, "return")
         name = method.name or exp.config.algo_name
-        print(f"  {name}: {seconds:.0f} s")
+        say(f"  {name}: {seconds:.0f} s")
         curves.append(
             MethodCurve(name, "meta", [k * support_steps for k in range(steps + 1)], scaled, seconds)
         )
@@ -432,16 +465,22 @@ def compare_rl(spec: CompareSpec, device: torch.device, trust_code: bool = False
         curves.append(ppo("from scratch (PPO)", "scratch", None, "full"))
     if cfg.transfer_modes:
         train_tasks = sampler.sample(cfg.pretrain_tasks, split="train", rng=np.random.default_rng(cfg.seed))
+        # every rank of --nproc N pretrains the same policy (same seed): no rank waits on a collective
         pretrained, seconds = _timed(
             lambda: sb3_ppo.pretrain(
-                make_env, train_tasks, cfg.pretrain_steps, spec.ppo, seed=cfg.seed, progress=True
+                make_env,
+                train_tasks,
+                cfg.pretrain_steps,
+                spec.ppo,
+                seed=cfg.seed,
+                progress=distributed.is_main(),
             )
         )
         notes.append(
             f"PPO pretraining of the transfer policy: {cfg.pretrain_steps} environment steps on "
             f"{cfg.pretrain_tasks} training tasks, {seconds:.0f} s."
         )
-        print(f"  {notes[-1]}")
+        say(f"  {notes[-1]}")
         for mode in cfg.transfer_modes:
             curves.append(ppo(f"transfer, {mode} fine-tuning (PPO)", "transfer", pretrained, mode))
 
@@ -470,13 +509,17 @@ def _untrained_return(
     horizon: int,
 ) -> float:
     """The normalisation floor: an untrained policy's mean return (from scratch PPO at budget 0)."""
-    from metarl.baselines import sb3_ppo
 
     for c in curves:
         if c.paradigm == "scratch" and c.budgets[0] == 0:
             return c.curve.mean[0]
-    values = sb3_ppo.ppo_curves(
-        make_env, tasks, [0], spec.ppo, eval_episodes=spec.compare.eval_episodes, seed=spec.compare.seed
+    values = _ppo_curves(
+        make_env,
+        tasks,
+        [0],
+        config=spec.ppo,
+        eval_episodes=spec.compare.eval_episodes,
+        seed=spec.compare.seed,
     )
     return float(np.mean(values))
 
@@ -489,7 +532,6 @@ def _rl_oracle(
     horizon: int,
     curves: list[MethodCurve],
 ) -> float:
-    from metarl.baselines import sb3_ppo
 
     cfg = spec.compare
     if cfg.oracle == "none":
@@ -505,11 +547,11 @@ def _rl_oracle(
         seconds = 0.0
     else:
         values, seconds = _timed(
-            lambda: sb3_ppo.ppo_curves(
+            lambda: _ppo_curves(
                 make_env,
                 tasks,
                 [cfg.oracle_steps],
-                spec.ppo,
+                config=spec.ppo,
                 eval_episodes=cfg.eval_episodes,
                 seed=cfg.seed,
                 progress=True,
@@ -571,9 +613,9 @@ def compare_supervised(
         start = time.perf_counter()
         for k in budgets:
             learner.tasks = samplers[k]  # the learner reads its episodes' data through its sampler
-            rows.append(evaluate_adaptation(learner, episodes[k], steps).per_task[-1])
+            rows.append(_adaptation(learner, episodes[k], steps, cfg.eval_seed).per_task[-1])
         seconds = time.perf_counter() - start
-        print(f"  {name}: {seconds:.0f} s")
+        say(f"  {name}: {seconds:.0f} s")
         curves.append(MethodCurve(name, paradigm, budgets, summarise(np.array(rows), metric), seconds))
 
     for method in spec.meta:
@@ -634,16 +676,23 @@ def run_compare(
 
     if spec.compare.num_threads:
         torch.set_num_threads(spec.compare.num_threads)
-    device = resolve_device(spec.compare.device)
+    joined = not distributed.in_group()
+    device = distributed.init(resolve_device(spec.compare.device))  # this rank's GPU under torchrun
+    main = distributed.is_main()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(out_dir / "config.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(out_dir / "config.json", json.dumps(spec.to_dict(), indent=2) + "\n")
     start = time.perf_counter()
     result = (
         compare_rl(spec, device, trust_code)
         if spec.env is not None
         else compare_supervised(spec, device, data_root, trust_code)
     )
+    if joined:
+        distributed.destroy()
+    if not main:  # data-parallel: every rank computed its share, rank 0 holds the gathered result
+        return {}
     paths = write(result, out_dir)
     print(f"\n{paradigm_table(result)}\n")
     written = ", ".join(str(p) for p in paths.values())

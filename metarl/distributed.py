@@ -71,6 +71,11 @@ def init(device: torch.device) -> torch.device:
     return device
 
 
+def in_group() -> bool:
+    """Whether this process has joined a process group (:func:`init` under torchrun)."""
+    return dist.is_initialized()
+
+
 def world_size() -> int:
     """The number of ranks (1 without a process group)."""
     return dist.get_world_size() if dist.is_initialized() else 1
@@ -151,13 +156,74 @@ def all_reduce_grads_(parameters: Iterable[torch.Tensor] | torch.optim.Optimizer
     all_reduce_mean_(p.grad for p in parameters if p.grad is not None)
 
 
-def all_reduce_buffers_(module: torch.nn.Module) -> None:
-    """Average a module's floating buffers (BatchNorm running statistics) over ranks after a training
-    step, so that every rank evaluates and checkpoints the same network (counters stay as they are: every
-    rank counts the same steps)."""
+class _SumOverRanks(torch.autograd.Function):
+    """``tensor`` summed over ranks, differentiably: the backward pass sums the incoming gradients over ranks
+    too (every rank's output depends on every rank's input)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.detach().clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        out = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+
+class CrossRankBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm whose training batch is the whole meta-batch of every rank (a CPU- and GPU-capable
+    ``SyncBatchNorm``): the mean and the variance are sums over ranks, differentiable, so the forward pass,
+    the gradient and the running statistics are those of one process normalising the whole meta-batch —
+    the batch a Prototypical / Matching Network normalises in one process (all episodes of a meta-batch
+    through the network at once). Two-pass statistics (mean first, then the centred squares) as one process
+    would compute them, up to float rounding. Evaluation (``eval()`` mode) and world size 1 are plain
+    :class:`torch.nn.BatchNorm2d`. The state-dict keys are BatchNorm2d's, so checkpoints are interchangeable.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        dims = (0, 2, 3)
+        n = torch.tensor(float(x.numel() // x.shape[1]), dtype=torch.float64, device=x.device)
+        dist.all_reduce(n)  # the elements per channel over all ranks
+        n = n.to(x.dtype)
+        mean = _SumOverRanks.apply(x.sum(dims)) / n
+        centred = x - mean[None, :, None, None]
+        var = _SumOverRanks.apply((centred * centred).sum(dims)) / n
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * n / (n - 1).clamp(min=1.0), factor)
+        out = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            out = out * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return out
+
+
+def sync_batch_norm_(module: torch.nn.Module) -> torch.nn.Module:
+    """Make every :class:`torch.nn.BatchNorm2d` inside ``module`` a :class:`CrossRankBatchNorm2d` sharing its
+    parameters and buffers (an optimiser built on them stays valid); ``module`` itself, unchanged, at world
+    size 1. The learners that normalise a meta-batch in one BatchNorm batch (ProtoNets, Matching Nets, SNAIL,
+    transfer's pretraining) call it once, after building their network."""
     if world_size() == 1:
-        return
-    all_reduce_mean_(b for b in module.buffers() if b.is_floating_point())
+        return module
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.BatchNorm2d:
+                synced = CrossRankBatchNorm2d(
+                    child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats
+                )
+                synced.weight, synced.bias = child.weight, child.bias
+                for key, buffer in child.named_buffers(recurse=False):
+                    setattr(synced, key, buffer)
+                synced.train(child.training)
+                setattr(parent, name, synced)
+    return module
 
 
 def normalize_advantages(advantages: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

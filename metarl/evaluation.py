@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from envs.base import Task
-from metarl import atomic
+from metarl import atomic, distributed
 from metarl.core import MetaLearner, adaptation_curve
 
 # Two-sided 95% quantiles of Student's t for small samples; larger df use a Cornish-Fisher expansion.
@@ -105,6 +105,20 @@ def evaluate_adaptation(
         ci95=[c for _, c in stats],
         per_task=curve.detach().cpu().double().tolist(),
     )
+
+
+def evaluate_sharded(
+    learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int, progress: bool = False
+) -> AdaptationCurve:
+    """:func:`evaluate_adaptation` over all of ``tasks`` by every rank of a data-parallel job: each rank
+    adapts to its share (:func:`metarl.distributed.shard`) and the per-task values are gathered in task
+    order, so the statistics are over every task whatever the world size (one process: the plain call)."""
+    local = evaluate_adaptation(learner, distributed.shard(tasks), steps, progress=progress)
+    if distributed.world_size() == 1:
+        return local
+    per_task = distributed.all_gather_tensor(torch.tensor(local.per_task, dtype=torch.float64), dim=1)
+    stats = [mean_ci95(row) for row in per_task]
+    return AdaptationCurve(local.metric, [m for m, _ in stats], [c for _, c in stats], per_task.tolist())
 
 
 def step_unit(learner: MetaLearner[Any, Any]) -> str:

@@ -59,7 +59,7 @@ from metarl.errors import (
     RunDirError,
     RunLockedError,
 )
-from metarl.evaluation import AdaptationCurve, evaluate_adaptation, mean_ci95
+from metarl.evaluation import AdaptationCurve, evaluate_sharded
 from metarl.families import tasks_document, tasks_from_document
 from metarl.logger import Logger, config_table, rows_up_to
 
@@ -331,12 +331,16 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
     non-finite metric or parameter, leaving the metrics and checkpoints of the last finite iteration.
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
+    joined = not distributed.in_group()  # a caller that joined the process group (compare) keeps it
     device = distributed.init(resolve_device(config.run.device))  # this rank's GPU under torchrun
     # the run records the device it runs on ("auto" resolved): a resume elsewhere is a device change
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, device=device.type))
     _check_world_size(config)
     if not distributed.is_main():  # data-parallel: rank 0 writes the run dir, the other ranks follow it
-        return _follow(config, device, run_dir, resume)
+        _follow(config, device, run_dir, resume)
+        if joined:
+            distributed.destroy()
+        return run_dir
     check_run_dir(run_dir, config, resume)
     source = config.env.id if config.env is not None else config.data.dataset
     unit = "env steps" if config.env is not None else "examples"
@@ -401,7 +405,8 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
         _loop(exp, run_dir, held_out, rng, iteration, env_steps, best, resumed=resume)
     finally:
         os.close(lock)
-    distributed.destroy()
+    if joined:
+        distributed.destroy()
     print(f"run finished: {run_dir}")
     print(f"curves:       tensorboard --logdir {run_dir / 'tb'}")
     print(f"evaluate:     metarl evaluate {run_dir}")
@@ -467,7 +472,7 @@ def _loop(
                 # never touches the training streams; each rank evaluates its share of the held-out tasks
                 with evaluation_randomness(learner, distributed.rank_seed(run.eval_seed)):
                     final = iteration == run.iterations  # the long one: show its progress
-                    curve = _evaluate_sharded(learner, held_out, run.eval_steps, progress=final and main)
+                    curve = evaluate_sharded(learner, held_out, run.eval_steps, progress=final and main)
                 for k, value in enumerate(curve.mean):
                     metrics[f"meta_test/{metric}_step_{k}"] = value
                 shown = " -> ".join(f"{m:.4g}" for m in curve.mean)
@@ -565,21 +570,7 @@ def _follow(config: ExperimentConfig, device: torch.device, run_dir: Path, resum
         iteration, env_steps, best = int(state["iteration"]), int(state["env_steps"]), float(state["best"])
         held_out = _held_out_from_file(exp, run_dir)
     _loop(exp, run_dir, held_out, rng, iteration, env_steps, best, resumed=resume)
-    distributed.destroy()
     return run_dir
-
-
-def _evaluate_sharded(
-    learner: MetaLearner[Any, Any], held_out: list[Task], steps: int, progress: bool
-) -> AdaptationCurve:
-    """The held-out curve over all of ``held_out``: each rank adapts to its share and the per-task values are
-    gathered (in task order), so the statistics are over every held-out task whatever the world size."""
-    local = evaluate_adaptation(learner, distributed.shard(held_out), steps, progress=progress)
-    if distributed.world_size() == 1:
-        return local
-    per_task = distributed.all_gather_tensor(torch.tensor(local.per_task, dtype=torch.float64), dim=1)
-    stats = [mean_ci95(row) for row in per_task]
-    return AdaptationCurve(local.metric, [m for m, _ in stats], [c for _, c in stats], per_task.tolist())
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
@@ -667,7 +658,7 @@ def evaluate(
         print(f"evaluating {exp.config.algo_name} ({which} checkpoint): {what}")
     # the training-time evaluation's numbers
     with evaluation_randomness(exp.learner, distributed.rank_seed(run.eval_seed)):
-        curve = _evaluate_sharded(exp.learner, tasks, steps, progress=main)
+        curve = evaluate_sharded(exp.learner, tasks, steps, progress=main)
     if not unit:
         curve = AdaptationCurve(curve.metric, curve.mean[-1:], curve.ci95[-1:], curve.per_task[-1:])
     if not main:

@@ -8,6 +8,7 @@ workers runs every check (interpreter start-up dominates); each test compares on
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch.multiprocessing as mp
 from metarl import distributed
 
 NAV = "metarl/Navigation2D-v0"
+CPU = torch.device("cpu")
 TOLERANCE = 1e-6
 
 
@@ -130,28 +132,52 @@ CHECKS: dict[str, Check] = {
     "maml_trpo_hessian": _maml_rl("hessian"),
     "maml_trpo_meta_sgd": _maml_rl("gauss_newton", learn_inner_lr=True),
     "maml_vpg": _maml_rl("gauss_newton", outer="vpg", outer_lr=0.01),
+    "maml_ppo": _maml_rl("gauss_newton", outer="ppo", outer_lr=0.01),
+    "pretrained_rl_trpo": _maml_rl("gauss_newton", num_inner_steps=0),  # registered as pretrained_rl
 }
 
 
-def _protonets(r: int, world: int, images: Path) -> dict[str, torch.Tensor]:
-    """Two ProtoNets steps on rank ``r``'s share of 4 episodes: the network and its BatchNorm statistics."""
+#: the learners that put a whole meta-batch through BatchNorm at once: algo table of each
+BATCHNORM_LEARNERS: dict[str, dict[str, Any]] = {
+    "protonets": {"hidden_channels": 8},
+    "matching_nets": {"hidden_channels": 8},
+    "snail": {"hidden_channels": 8, "tc_filters": 8, "key_sizes": [8, 8, 8], "value_sizes": [8, 8, 8]},
+    "transfer": {"hidden_channels": 8, "replay_examples": 4},
+}
+
+
+def _batchnorm_learner(name: str, r: int, world: int, images: Path) -> dict[str, torch.Tensor]:
+    """Two meta-updates of learner ``name`` (built by the registry) on rank ``r``'s share of 4 episodes: its
+    network, BatchNorm's running statistics included, and the episodes it counted.
+
+    Its Adam is swapped for SGD: Adam's first step is ``lr · sign(g)``, and the conv biases in front of
+    BatchNorm have an exact gradient of 0, i.e. pure float rounding, whose sign changes with any change of
+    summation order (two half-batch sums instead of one); SGD keeps the comparison about the collectives.
+    SNAIL's support-set shuffles: rank 1 first draws rank 0's rows, so every rank uses the rows of the one
+    shuffle that one process draws for the whole meta-batch.
+    """
     import numpy as np
     from fewshot_fixtures import make_image_folder
 
-    from metarl.algorithms.protonets import ProtoNets, ProtoNetsConfig
-    from metarl.data import EpisodeSampler, EpisodeShape, load_image_folder
-    from metarl.seeding import seeded
+    from metarl.algorithms import ALGORITHMS
+    from metarl.config import resolve
 
-    dataset, train, test = load_image_folder(make_image_folder(images, 6, 3, 4))
-    tasks = EpisodeSampler(dataset, train, test, EpisodeShape(3, 1, 2), EpisodeShape(3, 1, 2))
-    with seeded(0):  # as the registry's builder does: the same initial network on every rank
-        learner = ProtoNets(ProtoNetsConfig(hidden_channels=8), tasks, torch.device("cpu"))
+    data = {"dataset": "image_folder", "root": str(make_image_folder(images, 6, 3, 4)), "ways": 3}
+    data |= {"shots": 1, "queries": 2}
+    algo = {"name": name, "meta_batch_size": 4, **BATCHNORM_LEARNERS[name]}
+    tasks, learner = ALGORITHMS[name].build(resolve({"run": {"seed": 0}, "data": data, "algo": algo}), CPU)
+    learner.optimizer = torch.optim.SGD(learner.net.parameters(), lr=0.01)
     before = _snapshot(learner.net.state_dict(), "initial/")
     rng = np.random.default_rng(1)
+    lo, hi = r * 4 // world, (r + 1) * 4 // world
     for _ in range(2):
-        learner.meta_update(tasks.sample(4, split="train", rng=rng)[r * 4 // world : (r + 1) * 4 // world])
-    seen = torch.tensor(learner.episodes_seen)
-    return {**_snapshot(learner.net.state_dict()), **before, "episodes_seen": seen}
+        if name == "snail" and lo:
+            torch.rand(lo, 3, generator=learner.generator)  # the rows of the ranks before this one
+        learner.meta_update(tasks.sample(4, split="train", rng=rng)[lo:hi])
+        if name == "snail" and hi < 4:
+            torch.rand(4 - hi, 3, generator=learner.generator)  # the rows of the ranks after this one
+    seen = {"episodes_seen": torch.tensor(learner.episodes_seen)} if name != "transfer" else {}
+    return {**_snapshot(learner.net.state_dict()), **before, **seen}
 
 
 def _worker(r: int, world: int, store: str, out: str) -> None:
@@ -159,7 +185,8 @@ def _worker(r: int, world: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=r, world_size=world)
     try:
         results = {name: check(r, world) for name, check in CHECKS.items()}
-        results["protonets"] = _protonets(r, world, Path(f"{out}.images.{r}"))
+        for name in BATCHNORM_LEARNERS:
+            results[name] = _batchnorm_learner(name, r, world, Path(f"{out}.images.{r}.{name}"))
         torch.save(results, f"{out}.{r}")
     finally:
         dist.destroy_process_group()
@@ -189,18 +216,21 @@ def test_one_meta_update_on_two_ranks_equals_one_process(
     assert any(not torch.equal(single[k], single["initial/" + k]) for k in after)  # the step did something
 
 
-def test_batchnorm_learners_keep_every_rank_identical(
-    two_ranks: list[dict[str, dict[str, torch.Tensor]]],
+@pytest.mark.parametrize("name", list(BATCHNORM_LEARNERS))
+def test_batchnorm_over_the_meta_batch_of_two_ranks_equals_one_process(
+    name: str, two_ranks: list[dict[str, dict[str, torch.Tensor]]], tmp_path: Path
 ) -> None:
-    """ProtoNets normalises with each rank's own batch (as DDP without SyncBatchNorm), so it is not compared
-    with one process; its ranks hold the same weights and the same averaged running statistics, and count
-    the episodes of the whole meta-batch."""
-    rank0, rank1 = (two_ranks[r]["protonets"] for r in range(2))
-    for key, value in rank0.items():
-        assert torch.equal(value, rank1[key]), key
-    stats = [k for k in rank0 if k.endswith("running_mean") and not k.startswith("initial/")]
-    assert stats and all(not torch.equal(rank0[k], rank0["initial/" + k]) for k in stats)
-    assert int(rank0["episodes_seen"]) == 2 * 4
+    """ProtoNets, Matching Nets, SNAIL and transfer's pretraining normalise the whole meta-batch in one
+    BatchNorm batch; on 2 ranks their BatchNorm sums over ranks (``distributed.sync_batch_norm_``), so two
+    meta-updates give one process's network — weights and running statistics — and count its episodes."""
+    single = _batchnorm_learner(name, 0, 1, tmp_path / "images")
+    for r in range(2):
+        for key, value in single.items():
+            diff = (two_ranks[r][name][key].double() - value.double()).abs().max().item()
+            assert diff <= TOLERANCE, f"{name}: rank {r} differs in {key} by {diff:.2e}"
+    stats = [k for k in single if k.endswith("running_mean") and not k.startswith("initial/")]
+    assert stats and all(not torch.equal(single[k], single["initial/" + k]) for k in stats)
+    assert name == "transfer" or int(single["episodes_seen"]) == 2 * 4
 
 
 def test_shard_and_collectives_are_the_identity_at_world_size_one() -> None:
@@ -460,3 +490,32 @@ def test_evaluate_on_two_ranks_gives_the_training_time_numbers(two_rank_run: tup
     last = _rows(run_dir)[-1]
     assert curve["mean"] == [last[f"meta_test/return_step_{k}"] for k in range(len(curve["mean"]))]
     assert len(curve["per_task"][0]) == 2  # both held-out tasks, gathered from the two ranks
+
+
+def test_compare_on_two_ranks_gives_the_single_process_curves(tmp_path: Path) -> None:
+    """``metarl compare --nproc 2``: the held-out tasks sharded (3 tasks: 2 + 1), PPO from scratch, the
+    transfer fine-tuning and the analytic oracle give one process's per-task numbers exactly (a task's PPO
+    seeds come from its index in the whole list; each rank pretrains the same transfer policy), the meta
+    run's curve covers every task, and rank 0 alone reports."""
+    import json
+    import subprocess
+
+    from test_compare import write_rl_compare
+
+    config = write_rl_compare(tmp_path, NAV, "analytic")
+    settings = ["--set", "compare.transfer_modes=['head']"]
+    outputs = {}
+    for nproc in (1, 2):  # the first also trains the meta run (one process), the second loads it
+        out = tmp_path / f"out{nproc}"
+        command = _metarl("compare", str(config), "--out", str(out), *settings, "--nproc", str(nproc))
+        done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.count("compare finished") == 1
+        outputs[nproc] = {m["name"]: m for m in json.loads((out / "compare.json").read_text())["methods"]}
+    assert list(outputs[1]) == list(outputs[2])
+    for name, single in outputs[1].items():
+        if single["paradigm"] == "meta":  # reseeded per rank under --nproc: every task, finite numbers
+            assert len(outputs[2][name]["per_task"][0]) == 3
+            assert all(math.isfinite(v) for row in outputs[2][name]["per_task"] for v in row)
+        else:
+            assert outputs[2][name]["per_task"] == single["per_task"], name

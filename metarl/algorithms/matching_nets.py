@@ -167,6 +167,7 @@ class MatchingNets(MetaLearner[FewShotBatch, MatchingState]):
     def __init__(self, config: MatchingNetsConfig, tasks: EpisodeSampler, device: torch.device) -> None:
         self.config, self.tasks, self.device = config, tasks, device
         self.net = Conv4(tuple(tasks.dataset.images.shape[1:]), config.hidden_channels).to(device)
+        distributed.sync_batch_norm_(self.net)  # one BatchNorm batch: the meta-batch of every rank
         self.fce = FullContextEmbedding(self.net.feature_dim).to(device) if config.fce else None
         # the inverse temperature, as a log so that a learned one stays positive
         self.log_scale = torch.tensor(math.log(config.attention_scale), device=device)
@@ -260,7 +261,6 @@ class MatchingNets(MetaLearner[FewShotBatch, MatchingState]):
         loss.backward()
         distributed.all_reduce_grads_(self.optimizer)  # data-parallel: the meta-batch's mean gradient
         self.optimizer.step()
-        distributed.all_reduce_buffers_(self.net)  # the same BatchNorm statistics on every rank
         self.episodes_seen += len(tasks) * distributed.world_size()  # the whole meta-batch's episodes
         return {
             "env_steps": float(len(tasks)),

@@ -115,6 +115,7 @@ class ProtoNets(MetaLearner[FewShotBatch, ProtoState]):
         self.config, self.tasks, self.device = config, tasks, device
         image_shape = tuple(tasks.dataset.images.shape[1:])
         self.net = Conv4(image_shape, config.hidden_channels, out_features=0).to(device)
+        distributed.sync_batch_norm_(self.net)  # one BatchNorm batch: the meta-batch of every rank
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.episodes_seen = 0
 
@@ -180,7 +181,6 @@ class ProtoNets(MetaLearner[FewShotBatch, ProtoState]):
         loss.backward()
         distributed.all_reduce_grads_(self.optimizer)  # data-parallel: the meta-batch's mean gradient
         self.optimizer.step()
-        distributed.all_reduce_buffers_(self.net)  # the same BatchNorm statistics on every rank
         self.episodes_seen += len(tasks) * distributed.world_size()  # the whole meta-batch's episodes
         return {
             "env_steps": float(len(tasks)),

@@ -296,6 +296,7 @@ class SNAIL(MetaLearner[FewShotBatch, SNAILState]):
             config.value_sizes,
         )
         self.net = nn.ModuleDict({"embedding": embedding, "sequence": sequence}).to(device)
+        distributed.sync_batch_norm_(self.net)  # one BatchNorm batch: the meta-batch of every rank
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -368,7 +369,6 @@ class SNAIL(MetaLearner[FewShotBatch, SNAILState]):
         loss.backward()
         distributed.all_reduce_grads_(self.optimizer)  # data-parallel: the meta-batch's mean gradient
         self.optimizer.step()
-        distributed.all_reduce_buffers_(self.net)  # the same BatchNorm statistics on every rank
         self.episodes_seen += len(tasks) * distributed.world_size()  # the whole meta-batch's episodes
         return {
             "env_steps": float(len(tasks)),

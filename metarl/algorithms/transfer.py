@@ -188,6 +188,7 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
             idx = [int(rng.choice(tasks.dataset.class_examples[int(c)])) for c in classes]
             self.replay_x = tasks.dataset.images[idx].to(device=device, dtype=torch.float32) / 255.0
             self.replay_y = torch.as_tensor([self.class_to_label[int(c)] for c in classes], device=device)
+        distributed.sync_batch_norm_(self.net)  # pretraining's BatchNorm batch: the meta-batch of every rank
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=config.lr)
 
     # -- per-task fine-tuning, vmapped ----------------------------------------------------------------
@@ -338,7 +339,6 @@ class Transfer(MetaLearner[FewShotBatch, TransferState]):
         loss.backward()
         distributed.all_reduce_grads_(self.optimizer)  # data-parallel: the meta-batch's mean gradient
         self.optimizer.step()
-        distributed.all_reduce_buffers_(self.net)  # the same BatchNorm statistics on every rank
         if self.regression:
             with torch.no_grad():  # the updated network on these tasks, before and after one adaptation step
                 state = self._state(batch, 0)

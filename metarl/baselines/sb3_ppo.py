@@ -418,6 +418,7 @@ def ppo_curves(
     init: Pretrained | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    first_index: int = 0,
 ) -> np.ndarray:
     """``[len(budgets), len(tasks)]`` mean returns of PPO trained on each task alone for each step budget.
 
@@ -427,7 +428,9 @@ def ppo_curves(
     step count reaches each budget; budget 0 evaluates it before any training. ``budgets`` must be
     non-decreasing multiples of ``config.n_steps``.
     Evaluation runs ``min(eval_episodes, EVAL_PARALLEL)`` episodes side by side, so the sampled actions
-    (and the exact numbers) depend on that constant.
+    (and the exact numbers) depend on that constant. Task ``i`` draws its seeds from ``(seed, first_index +
+    i)``: a share of a longer task list (a rank's, ``metarl compare --nproc``) passes its offset in it and
+    gets the numbers the whole list gives.
     """
     budgets = [_check_steps(b, config.n_steps, "budget") for b in budgets]
     if not budgets:
@@ -448,7 +451,7 @@ def ppo_curves(
             budgets,
             config,
             eval_episodes=int(eval_episodes),
-            seeds=task_seeds(seed, index),
+            seeds=task_seeds(seed, first_index + index),
             init=init,
             device=device,
         )
