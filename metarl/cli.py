@@ -113,6 +113,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="evaluate on N processes of this machine, the tasks sharded across them (default: 1)",
     )
+    ev.add_argument(
+        "--protocol",
+        choices=["metarl", "metaworld"],
+        default="metarl",
+        help="metarl: the run's own held-out tasks; metaworld: Meta-World v3's official meta-RL evaluation "
+        "(its held-out test goals / environments, 10 adaptation episodes, success rate) for Meta-World "
+        "maml_rl / pretrained_rl runs; --steps sets its adaptation steps (default: metarl)",
+    )
     _trust_code(ev)
 
     cmp = sub.add_parser(
@@ -215,6 +223,9 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise MetarlError(f"--num-tasks must be <= {MAX_TASKS}, got {args.num_tasks}")
     if args.steps is not None and args.steps > MAX_ADAPTATION_STEPS:
         raise MetarlError(f"--steps must be <= {MAX_ADAPTATION_STEPS}, got {args.steps}")
+    if args.protocol == "metaworld":
+        _evaluate_metaworld(args)
+        return
     _, paths = run.evaluate(
         args.run_dir,
         args.split,
@@ -227,6 +238,37 @@ def _evaluate(args: argparse.Namespace) -> None:
     )
     if paths:  # rank 0 writes the report (the other ranks of an --nproc evaluation return none)
         print("wrote " + ", ".join(str(p) for p in paths.values()))
+
+
+def _evaluate_metaworld(args: argparse.Namespace) -> None:
+    """``metarl evaluate RUN --protocol metaworld``: Meta-World's own evaluation of a Meta-World run."""
+    import dataclasses
+
+    from metarl import metaworld_protocol as protocol
+    from metarl import run
+    from metarl.core import evaluation_randomness
+
+    if args.nproc > 1 or args.split != "test" or args.num_tasks is not None:
+        raise MetarlError(
+            "--protocol metaworld takes --steps, --checkpoint, --device (not --nproc, --split, --num-tasks)"
+        )
+    exp = run.load_run(args.run_dir, args.checkpoint, args.device, trust_code=args.trust_code)
+    if exp.config.env is None:
+        raise MetarlError("--protocol metaworld evaluates Meta-World RL runs; this is a supervised run")
+    settings = protocol.ProtocolConfig()
+    if args.steps is not None:
+        settings = dataclasses.replace(settings, adaptation_steps=args.steps)
+    print(f"Meta-World protocol on {exp.config.env.id} ({args.checkpoint} checkpoint): {settings}")
+    with evaluation_randomness(exp.learner, exp.config.run.eval_seed):
+        report = protocol.evaluate(
+            exp.learner, exp.config.algo_name, exp.config.env.id, exp.config.env.kwargs, settings
+        )
+    title = (
+        f"{exp.config.algo_name} on {exp.config.env.id}: Meta-World protocol ({args.checkpoint} checkpoint)"
+    )
+    paths = protocol.write(report, Path(args.run_dir) / "eval", f"{args.checkpoint}_metaworld", title)
+    print(protocol.markdown(report, title))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
 
 
 def _compare(args: argparse.Namespace) -> None:

@@ -444,8 +444,18 @@ class MAMLRL(MetaLearner[Batch, Params]):
         return {k: v.detach().expand(n, *v.shape) for k, v in self.policy.params().items()}
 
     def support(self, tasks: Sequence[Task], adapted: Params, step: int) -> Batch:
-        episodes = self.sampler.rollout(tasks, self._act_fn(adapted))
+        return self.support_from(self.sampler.rollout(tasks, self._act_fn(adapted)))
+
+    def support_from(self, episodes: Episodes) -> Batch:
+        """The support batch of ``episodes`` (``[T, N, E, ...]``, one task per ``N``), wherever they were
+        collected (e.g. an external evaluation protocol's environments): advantages by the per-task
+        baseline, as for the learner's own rollouts."""
         return Batch(episodes, self._advantages(episodes))
+
+    def act(self, adapted: Params, obs: torch.Tensor) -> torch.Tensor:
+        """Actions ``[N, E, A]`` of each task's policy (fast weights ``adapted``) on ``obs [N, E, D]``,
+        sampled with the learner's generator (unclipped, as in its rollouts)."""
+        return self._act_fn(adapted)(obs)
 
     def adapt(self, adapted: Params, support: Batch, step: int) -> Params:
         meta = {k: v.detach() for k, v in self.meta_parameters().items()}
