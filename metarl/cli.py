@@ -119,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
         default="metarl",
         help="metarl: the run's own held-out tasks; metaworld: Meta-World v3's official meta-RL evaluation "
         "(its held-out test goals / environments, 10 adaptation episodes, success rate) for Meta-World "
-        "maml_rl / pretrained_rl runs; --steps sets its adaptation steps (default: metarl)",
+        "maml_rl / pretrained_rl / rl2 runs; --steps sets its adaptation steps (default: metarl)",
     )
     _trust_code(ev)
 

@@ -15,12 +15,14 @@ meta-learner on the benchmark's *held-out* tasks with ``metaworld.evaluation.met
   an episode is a success when Meta-World's ``success`` flag is set at any step (the environment ends it
   there). Horizon: Meta-World's ``max_path_length`` (500).
 
-The metarl learner acts through :class:`MAMLAgent`, Meta-World's ``MetaLearningAgent`` protocol: the
-episodes an environment collects become one task's support batch (``[T, tasks, episodes, ...]``, the
-learner's own layout), and ``adapt`` is the learner's test-time inner step — exactly what ``metarl
-evaluate`` does with the run's own environments. Rounds are run one at a time (``num_evals = 1`` each, the
+The metarl learner acts through Meta-World's ``MetaLearningAgent`` protocol: :class:`MAMLAgent` makes
+the episodes an environment collects one task's support batch (``[T, tasks, episodes, ...]``, the
+learner's own layout) and ``adapt`` the learner's test-time inner step — what ``metarl evaluate`` does
+with the run's own environments; :class:`RL2Agent` runs one RL² trial per environment through the
+adaptation episodes into the scored ones. Rounds are run one at a time (``num_evals = 1`` each, the
 same computation) so that the report gives the spread over rounds: mean success rate ± 95% interval.
-Supported learners: ``maml_rl`` and ``pretrained_rl`` (MAML-TRPO / Meta-SGD / the pretrained baseline).
+Supported learners: ``maml_rl``, ``pretrained_rl`` (MAML-TRPO / Meta-SGD / the pretrained baseline) and
+``rl2``.
 """
 
 from __future__ import annotations
@@ -40,8 +42,6 @@ from metarl.rollouts import Episodes
 
 #: the metarl family whose runs the protocol evaluates
 FAMILIES = ("metarl/MetaWorldML1-v0", "metarl/MetaWorldML10-v0", "metarl/MetaWorldML45-v0")
-#: learners that can act as a Meta-World ``MetaLearningAgent``
-LEARNERS = ("maml_rl", "pretrained_rl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,8 +151,73 @@ class MAMLAgent:
         self._clear()
 
 
-def make_test_envs(env_id: str, env_kwargs: dict[str, Any], config: ProtocolConfig) -> Any:
-    """Meta-World's own test vector environments for the benchmark of a metarl family ``env_id``."""
+class RL2Agent:
+    """An RL² learner as Meta-World's ``MetaLearningAgent``: one trial per vector environment.
+
+    The trial starts at ``init`` (zero hidden state) and runs through the adaptation episodes into the scored
+    ones; ``adapt`` does nothing (the hidden state is the adaptation). Each step feeds the learner's input
+    ``(o_t, a_{t−1}, r_{t−1}, d_t)`` with ``d_t = 1`` on the first step of every episode after the first, as
+    in training. The scored episodes give the agent no rewards through the protocol, so the test
+    environments put them into the observation (Meta-World's ``RNNBasedMetaRLWrapper``, unnormalised:
+    ``recurrent_info_in_obs``): ``r_{t−1}`` is read from there, except on an episode's first step, where the
+    wrapper's reset leaves 0 instead of the previous episode's last reward.
+    """
+
+    recurrent_info_in_obs = True
+
+    def __init__(self, learner: Any, num_envs: int) -> None:
+        self.learner, self.num_envs = learner, num_envs
+        self.device = learner.device
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(learner.seed + 1_000_003)  # the learner's evaluation stream
+        self.init()
+
+    def init(self) -> None:
+        self.state = self.learner.zero_state(self.num_envs)
+        self.flag = torch.zeros(self.num_envs, 1, device=self.device)
+
+    def _act(self, observations: np.ndarray, reward_from_obs: bool) -> np.ndarray:
+        obs = torch.as_tensor(observations, dtype=torch.float32, device=self.device)
+        hidden, prev_action, prev_reward, segment = self.state
+        if reward_from_obs:  # the wrapper's (o_t, a_{t−1}, r_{t−1}, done)
+            prev_reward = obs[:, self.learner.obs_dim + self.learner.action_dim]
+        with torch.no_grad():
+            _, _, _, hidden, _, executed = self.learner.policy_step(
+                obs[:, : self.learner.obs_dim], hidden, prev_action, prev_reward, self.flag, self.generator
+            )
+        self.state = type(self.state)(hidden, executed, prev_reward, segment)
+        self.flag = torch.zeros_like(self.flag)
+        return executed.cpu().numpy()
+
+    def adapt_action(self, observations: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        return self._act(observations, reward_from_obs=False), {}
+
+    def eval_action(self, observations: np.ndarray) -> np.ndarray:
+        return self._act(observations, reward_from_obs=True)
+
+    def step(self, timestep: Any) -> None:
+        reward = torch.as_tensor(timestep.reward, dtype=torch.float32, device=self.device)
+        self.state = self.state._replace(prev_reward=reward)
+        self.reset(np.logical_or(timestep.terminated, timestep.truncated))
+
+    def reset(self, env_mask: np.ndarray) -> None:
+        """Environments whose episode just ended start their next episode of the trial (``d = 1``)."""
+        ended = torch.as_tensor(np.asarray(env_mask, dtype=np.float32), device=self.device).unsqueeze(-1)
+        self.flag = torch.maximum(self.flag, ended)
+
+    def adapt(self) -> None:
+        """Nothing: the recurrent state carries what the trial has seen."""
+
+
+#: the Meta-World agent of each supported learner
+AGENTS: dict[str, type] = {"maml_rl": MAMLAgent, "pretrained_rl": MAMLAgent, "rl2": RL2Agent}
+
+
+def make_test_envs(
+    env_id: str, env_kwargs: dict[str, Any], config: ProtocolConfig, recurrent_info_in_obs: bool = False
+) -> Any:
+    """Meta-World's own test vector environments for the benchmark of a metarl family ``env_id``
+    (``recurrent_info_in_obs``: the previous action, reward and done in each observation, for RL²)."""
     import metaworld
 
     if env_id not in FAMILIES:
@@ -161,7 +226,11 @@ def make_test_envs(env_id: str, env_kwargs: dict[str, Any], config: ProtocolConf
         )
     benchmark = str(env_kwargs.get("benchmark", env_id.split("MetaWorld")[1].split("-")[0]))
     name = str(env_kwargs.get("env_name") or "reach-v3") if benchmark == "ML1" else benchmark
-    extra = {"max_episode_steps": config.max_episode_steps} if config.max_episode_steps else {}
+    extra: dict[str, Any] = (
+        {"max_episode_steps": config.max_episode_steps} if config.max_episode_steps else {}
+    )
+    if recurrent_info_in_obs:
+        extra |= {"recurrent_info_in_obs": True, "normalize_reward_in_recurrent_info": False}
     return metaworld.make_ml_envs(
         name,
         seed=config.seed,
@@ -182,12 +251,13 @@ def evaluate(
     mean success rate ± 95% interval over rounds, mean return, per-task success rates, per-round rates."""
     from metaworld.evaluation import metalearning_evaluation
 
-    if algo_name not in LEARNERS:
+    if algo_name not in AGENTS:
         raise ConfigError(
-            f"--protocol metaworld evaluates {' and '.join(LEARNERS)} runs; this run's learner is {algo_name}"
+            f"--protocol metaworld evaluates {', '.join(AGENTS)} runs; this run's learner is {algo_name}"
         )
-    envs = make_test_envs(env_id, env_kwargs, config)
-    agent = MAMLAgent(learner, envs.num_envs)
+    agent_type = AGENTS[algo_name]
+    envs = make_test_envs(env_id, env_kwargs, config, getattr(agent_type, "recurrent_info_in_obs", False))
+    agent = agent_type(learner, envs.num_envs)
     rates, returns, per_task = [], [], {}
     try:
         for _ in range(config.num_evals):  # one round at a time: the spread over rounds

@@ -115,7 +115,7 @@ def _rl2(r: int, world: int) -> dict[str, torch.Tensor]:
     tasks = family.sample(4, split="train", rng=np.random.default_rng(1))
     env_ = learner._make_env(tasks, 1, learner.generator)
     segments = learner.config.segments_per_trial
-    traj, _ = learner._rollout(env_, learner._zero_state(4), segments, learner.generator)
+    traj, _ = learner._rollout(env_, learner.zero_state(4), segments, learner.generator)
     rows = slice(r * 4 // world, (r + 1) * 4 // world)  # one trial per task, task-major rows
     mine = type(traj)(*(t[:, rows] for t in traj))
     learner._make_env = lambda *args: None  # the fixed rollout instead of a fresh one

@@ -113,6 +113,40 @@ def test_the_protocol_scores_a_run_on_metaworlds_test_goals(run_dir: Path) -> No
     assert "| reach-v3 |" in text and "**all**" in text
 
 
+def test_an_rl2_run_plays_one_trial_per_environment(tmp_path: Path) -> None:
+    """RL² through the protocol: the trial runs from ``init`` through the adaptation episodes (rewards from
+    the protocol's timesteps, ``d = 1`` after each episode's end) into the scored ones (rewards read from
+    the observation)."""
+    raw = {
+        "run": {"iterations": 1, "eval_every": 5, "eval_tasks": 2, "seed": 0, "num_threads": 1},
+        "env": {"id": "metarl/MetaWorldML1-v0", "max_episode_steps": 20},
+        "algo": {
+            "name": "rl2",
+            "meta_batch_size": 2,
+            "episodes_per_trial": 2,
+            "hidden_size": 8,
+            "num_minibatches": 1,
+        },
+    }
+    learner = load_run(train(resolve(raw), tmp_path / "rl2")).learner
+    agent = protocol.RL2Agent(learner, num_envs=2)
+    obs = np.zeros((2, 39))
+    first = agent.adapt_action(obs)[0]
+    assert first.shape == (2, 4) and np.all(np.abs(first) <= 1.0)  # executed: clipped to the bounds
+    agent.step(Timestep(obs, first, np.array([1.5, 2.5]), np.zeros(2, bool), np.array([False, True]), {}))
+    assert agent.state.prev_reward.tolist() == [1.5, 2.5] and agent.flag[:, 0].tolist() == [0.0, 1.0]
+    agent.adapt_action(obs)
+    assert agent.flag.sum() == 0 and torch.equal(
+        agent.state.prev_action, torch.as_tensor(agent.state.prev_action)
+    )
+    recurrent = np.concatenate([obs, np.zeros((2, 4)), [[3.0], [4.0]], np.zeros((2, 1))], axis=1)
+    agent.eval_action(recurrent)
+    assert agent.state.prev_reward.tolist() == [3.0, 4.0]
+    report = protocol.evaluate(learner, "rl2", "metarl/MetaWorldML1-v0", {}, SMALL)
+    assert 0.0 <= report["success_rate"] <= 1.0 and len(report["success_rate_per_round"]) == SMALL.num_evals
+    assert np.isfinite(report["mean_return"]) and report["mean_return"] > 0
+
+
 def test_other_runs_are_refused_with_one_line(tmp_path: Path, tiny_config) -> None:  # noqa: ANN001
     nav = train(resolve(__import__("tomllib").loads(tiny_config(iterations=1).read_text())), tmp_path / "nav")
     done = run_cli("evaluate", str(nav), "--protocol", "metaworld")

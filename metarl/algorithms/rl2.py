@@ -351,7 +351,8 @@ class RL2(MetaLearner[Segment, RL2State]):
         self.eval_generator = torch.Generator(device=device)  # reseeded by every `initial`
 
     # -- rollouts ------------------------------------------------------------------------------------
-    def _zero_state(self, rows: int) -> RL2State:
+    def zero_state(self, rows: int) -> RL2State:
+        """The start of ``rows`` trials: zero hidden state, no previous action or reward."""
         zeros = torch.zeros(rows, device=self.device)
         return RL2State(
             torch.zeros(rows, self.net.state_size, device=self.device),
@@ -387,14 +388,8 @@ class RL2(MetaLearner[Segment, RL2State]):
             alive = torch.ones(rows, device=dev)
             for t in range(steps):
                 i = s * steps + t
-                x = torch.cat([obs, prev_action, prev_reward.unsqueeze(-1), flag], dim=-1)
-                head, value, hidden = self.net(x.unsqueeze(0), hidden)
-                head, value = head.squeeze(0), self._denormalize(value.squeeze(0))
-                action = self.net.sample(head, generator)
-                executed = (
-                    action
-                    if self.discrete
-                    else torch.maximum(torch.minimum(action, self.action_high), self.action_low)
+                x, head, value, hidden, action, executed = self.policy_step(
+                    obs, hidden, prev_action, prev_reward, flag, generator
                 )
                 shape = (env.num_tasks, env.envs_per_task) + (() if self.discrete else (self.action_dim,))
                 obs, reward, terminated, _ = env.step(executed.reshape(shape))
@@ -409,6 +404,29 @@ class RL2(MetaLearner[Segment, RL2State]):
         return Trajectory(inputs, actions, log_probs, values, rewards, mask), RL2State(
             hidden, prev_action, prev_reward, segment
         )
+
+    def policy_step(
+        self,
+        obs: torch.Tensor,
+        hidden: torch.Tensor,
+        prev_action: torch.Tensor,
+        prev_reward: torch.Tensor,
+        flag: torch.Tensor,
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of the recurrent policy for ``B`` trials: its input ``x = (o_t, a_{t−1}, r_{t−1}, d_t)``
+        (``flag [B, 1]``: 1 on the first step of an episode after the first), the policy head, the value, the
+        next hidden state, the sampled action and the executed one (clipped to a Box's bounds)."""
+        x = torch.cat([obs, prev_action, prev_reward.unsqueeze(-1), flag], dim=-1)
+        head, value, hidden = self.net(x.unsqueeze(0), hidden)
+        head, value = head.squeeze(0), self._denormalize(value.squeeze(0))
+        action = self.net.sample(head, generator)
+        executed = (
+            action
+            if self.discrete
+            else torch.maximum(torch.minimum(action, self.action_high), self.action_low)
+        )
+        return x, head, value, hidden, action, executed
 
     def _value_scale(self) -> tuple[float, float]:
         """``(m, σ)`` of the value normalisation (``(0, 1)`` when off or before the first update)."""
@@ -436,7 +454,7 @@ class RL2(MetaLearner[Segment, RL2State]):
     # -- the inner loop: running a trial --------------------------------------------------------------
     def initial(self, tasks: Sequence[Task]) -> RL2State:
         self.eval_generator.manual_seed(self.seed + 1_000_003)
-        return self._zero_state(len(tasks) * self.config.eval_trials_per_task)
+        return self.zero_state(len(tasks) * self.config.eval_trials_per_task)
 
     def support(self, tasks: Sequence[Task], adapted: RL2State, step: int) -> Segment:
         env = self._make_env(tasks, self.config.eval_trials_per_task, self.eval_generator)
@@ -460,7 +478,7 @@ class RL2(MetaLearner[Segment, RL2State]):
         generator.manual_seed(seed)
         env = self._make_env(tasks, trials_per_task, generator)
         traj, _ = self._rollout(
-            env, self._zero_state(len(tasks) * trials_per_task), self.config.segments_per_trial, generator
+            env, self.zero_state(len(tasks) * trials_per_task), self.config.segments_per_trial, generator
         )
         return self._segment_returns(traj, len(tasks)).sum(0)
 
@@ -474,7 +492,7 @@ class RL2(MetaLearner[Segment, RL2State]):
         start = time.perf_counter()
         env = self._make_env(tasks, cfg.trials_per_task, self.generator)
         rows = len(tasks) * cfg.trials_per_task
-        traj, _ = self._rollout(env, self._zero_state(rows), cfg.segments_per_trial, self.generator)
+        traj, _ = self._rollout(env, self.zero_state(rows), cfg.segments_per_trial, self.generator)
         rollout_s = time.perf_counter() - start
 
         advantages = losses.trial_gae(traj.rewards, traj.values, traj.mask, cfg.gamma, cfg.gae_lambda)
