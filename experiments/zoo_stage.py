@@ -118,6 +118,52 @@ def summarise(row: dict, algo: str) -> str:
     return f"{text} (iteration {row['iteration']}, the run's eval_tasks)"
 
 
+def plot_curve(rows: list[dict], algo: str, path: Path, title: str) -> None:
+    """``curve.png``: the held-out evaluations over training against environment steps (examples for the
+    supervised learners) — RL²'s trial return, otherwise the metric before adaptation and after the last
+    step — one point per evaluation the run logged."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in rows if any(k.startswith("meta_test/") and r[k] is not None for k in r)]
+    if not evals:
+        return
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in evals:
+        curve = {
+            int(k.rsplit("_", 1)[1]): v for k, v in r.items() if k.startswith("meta_test/") and v is not None
+        }
+        metric = (
+            next(k for k in r if k.startswith("meta_test/")).removeprefix("meta_test/").rsplit("_step_", 1)[0]
+        )
+        last = max(curve)
+        if algo == "rl2":
+            points = {f"trial {metric}": sum(curve.values())}
+        elif last == 0 or algo in ("protonets", "matching_nets", "snail"):
+            points = {metric: curve[last]}
+        else:
+            points = {f"{metric}, 0 steps": curve[0], f"{metric}, {last} steps": curve[last]}
+        for name, value in points.items():
+            series.setdefault(name, []).append((float(r["env_steps"]), float(value)))
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, points in series.items():
+        ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
+    ax.set_xlabel(
+        "environment steps"
+        if algo not in ("maml_supervised", "protonets", "matching_nets", "snail", "transfer")
+        else "training episodes"
+    )
+    ax.set_ylabel("held-out " + next(iter(series)).split(",")[0])
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -182,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             "latest held-out evaluation | note |\n|---|---|---|---|---|---|---|---|\n"
         )
     number = stage_count(stages) + 1
+    plot_curve(rows, algo, entry / "curve.png", f"{entry.name}: held-out evaluations, stages 1–{number}")
     with stages.open("a") as f:
         f.write(
             f"| {number} | {date.today().isoformat()} | {commit} | {last['iteration']} | "
