@@ -161,3 +161,23 @@ def test_line_search_takes_the_plain_step_where_it_descends() -> None:
     torch.testing.assert_close(curves[0], curves[1], rtol=0, atol=0)
     with pytest.raises(ValueError, match="extra_step_rule"):
         MAMLSupervisedConfig(extra_step_rule="clip")  # type: ignore[arg-type]
+
+
+def test_evaluation_passes_are_capped_in_images_without_changing_the_numbers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``EVAL_IMAGES_PER_PASS`` caps a conv4 evaluation pass (large passes page-fault on every op); the
+    curve is the one of a single pass over all tasks."""
+    from metarl.algorithms import maml_supervised
+
+    dataset, train, test = load_image_folder(make_image_folder(tmp_path, 6, 3, 4))
+    tasks = EpisodeSampler(dataset, train, test, EpisodeShape(3, 1, 2), EpisodeShape(3, 1, 2))
+    held = tasks.held_out(5, seed=0)
+    learner = MAMLSupervised(
+        MAMLSupervisedConfig(hidden_channels=8, eval_chunk=100), tasks, CPU, ways=3, seed=0
+    )
+    assert learner._eval_chunk(6) == maml_supervised.EVAL_IMAGES_PER_PASS // 6
+    whole = adaptation_curve(learner, held, 2)
+    monkeypatch.setattr(maml_supervised, "EVAL_IMAGES_PER_PASS", 4)  # one task per pass (6 query images)
+    assert learner._eval_chunk(6) == 1 and learner._eval_chunk(3) == 1
+    torch.testing.assert_close(adaptation_curve(learner, held, 2), whole)
