@@ -362,6 +362,9 @@ def _without_nproc(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metarl import allocator
+
+    allocator.keep_freed_memory()  # large tensors reuse heap memory instead of faulting fresh pages in
     parser = _parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
