@@ -99,15 +99,21 @@ def iteration_seconds(row: dict) -> float:
     return float(sum(row.get(k) or 0.0 for k in ("time/rollout_s", "time/update_s")))
 
 
-def summarise(row: dict, algo: str) -> str:
-    """The held-out evaluation of a metric row in a few words: RL²'s trial return (the sum of its
-    segments' returns), otherwise the metric before adaptation and after the last step."""
+def held_out(row: dict) -> tuple[str, dict[int, float]]:
+    """A metric row's held-out evaluation: the metric's name and its value after each adaptation step."""
     curve = {
         int(k.rsplit("_", 1)[1]): v for k, v in row.items() if k.startswith("meta_test/") and v is not None
     }
     metric = (
         next(k for k in row if k.startswith("meta_test/")).removeprefix("meta_test/").rsplit("_step_", 1)[0]
     )
+    return metric, curve
+
+
+def summarise(row: dict, algo: str) -> str:
+    """The held-out evaluation of a metric row in a few words: RL²'s trial return (the sum of its
+    segments' returns), otherwise the metric before adaptation and after the last step."""
+    metric, curve = held_out(row)
     last = max(curve)
     if algo == "rl2":
         text = f"trial {metric} {sum(curve.values()):.4g}"
@@ -132,12 +138,7 @@ def plot_curve(rows: list[dict], algo: str, path: Path, title: str) -> None:
         return
     series: dict[str, list[tuple[float, float]]] = {}
     for r in evals:
-        curve = {
-            int(k.rsplit("_", 1)[1]): v for k, v in r.items() if k.startswith("meta_test/") and v is not None
-        }
-        metric = (
-            next(k for k in r if k.startswith("meta_test/")).removeprefix("meta_test/").rsplit("_step_", 1)[0]
-        )
+        metric, curve = held_out(r)
         last = max(curve)
         if algo == "rl2":
             points = {f"trial {metric}": sum(curve.values())}
