@@ -255,6 +255,7 @@ def _evaluate_metaworld(args: argparse.Namespace) -> None:
     exp = run.load_run(args.run_dir, args.checkpoint, args.device, trust_code=args.trust_code)
     if exp.config.env is None:
         raise MetarlError("--protocol metaworld evaluates Meta-World RL runs; this is a supervised run")
+    protocol.check(exp.config.env.id, exp.config.algo_name)
     settings = protocol.ProtocolConfig()
     if args.steps is not None:
         settings = dataclasses.replace(settings, adaptation_steps=args.steps)

@@ -213,6 +213,18 @@ class RL2Agent:
 AGENTS: dict[str, type] = {"maml_rl": MAMLAgent, "pretrained_rl": MAMLAgent, "rl2": RL2Agent}
 
 
+def check(env_id: str, algo_name: str) -> None:
+    """Refuse (one line, :class:`ConfigError`) a run the protocol cannot evaluate."""
+    if env_id not in FAMILIES:
+        raise ConfigError(
+            f"--protocol metaworld evaluates runs of {', '.join(FAMILIES)}; this run is {env_id}"
+        )
+    if algo_name not in AGENTS:
+        raise ConfigError(
+            f"--protocol metaworld evaluates {', '.join(AGENTS)} runs; this run's learner is {algo_name}"
+        )
+
+
 def make_test_envs(
     env_id: str, env_kwargs: dict[str, Any], config: ProtocolConfig, recurrent_info_in_obs: bool = False
 ) -> Any:
@@ -220,10 +232,6 @@ def make_test_envs(
     (``recurrent_info_in_obs``: the previous action, reward and done in each observation, for RL²)."""
     import metaworld
 
-    if env_id not in FAMILIES:
-        raise ConfigError(
-            f"--protocol metaworld evaluates runs of {', '.join(FAMILIES)}; this run is {env_id}"
-        )
     benchmark = str(env_kwargs.get("benchmark", env_id.split("MetaWorld")[1].split("-")[0]))
     name = str(env_kwargs.get("env_name") or "reach-v3") if benchmark == "ML1" else benchmark
     extra: dict[str, Any] = (
@@ -251,10 +259,7 @@ def evaluate(
     mean success rate ± 95% interval over rounds, mean return, per-task success rates, per-round rates."""
     from metaworld.evaluation import metalearning_evaluation
 
-    if algo_name not in AGENTS:
-        raise ConfigError(
-            f"--protocol metaworld evaluates {', '.join(AGENTS)} runs; this run's learner is {algo_name}"
-        )
+    check(env_id, algo_name)
     agent_type = AGENTS[algo_name]
     envs = make_test_envs(env_id, env_kwargs, config, getattr(agent_type, "recurrent_info_in_obs", False))
     agent = agent_type(learner, envs.num_envs)
