@@ -1,4 +1,4 @@
-"""``metarl.allocator``: large tensors come from the heap (which keeps freed memory), not from mmaps of their own."""
+"""``metarl.allocator``: large tensors come from the heap, which keeps freed memory, not from own mmaps."""
 
 from __future__ import annotations
 
