@@ -124,7 +124,7 @@ def summarise(row: dict, algo: str) -> str:
     return f"{text} (iteration {row['iteration']}, the run's eval_tasks)"
 
 
-def plot_curve(rows: list[dict], algo: str, path: Path, title: str) -> None:
+def plot_curve(rows: list[dict], algo: str, path: Path, title: str, x_label: str) -> None:
     """``curve.png``: the held-out evaluations over training against environment steps (examples for the
     supervised learners) — RL²'s trial return, otherwise the metric before adaptation and after the last
     step — one point per evaluation the run logged."""
@@ -151,11 +151,7 @@ def plot_curve(rows: list[dict], algo: str, path: Path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, points in series.items():
         ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
-    ax.set_xlabel(
-        "environment steps"
-        if algo not in ("maml_supervised", "protonets", "matching_nets", "snail", "transfer")
-        else "training episodes"
-    )
+    ax.set_xlabel(x_label)
     ax.set_ylabel("held-out " + next(iter(series)).split(",")[0])
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
@@ -216,7 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     stage_rows = [r for r in rows if r["iteration"] > start]
     last = {"iteration": state["iteration"], "env_steps": state["env_steps"]}
     wall_s = sum(iteration_seconds(r) for r in stage_rows)
-    algo = json.loads((entry / "config.json").read_text())["algo"]["name"]
+    config = json.loads((entry / "config.json").read_text())
+    algo = config["algo"]["name"]
+    x_label = "environment steps" if config.get("env") else "training episodes"  # RL run or supervised
     evals = [r for r in rows if any(k.startswith("meta_test/") and r[k] is not None for k in r)]
     held_out = summarise(evals[-1], algo) if evals else "none yet"
     if not stages.is_file():
@@ -229,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
             "latest held-out evaluation | note |\n|---|---|---|---|---|---|---|---|\n"
         )
     number = stage_count(stages) + 1
-    plot_curve(rows, algo, entry / "curve.png", f"{entry.name}: held-out evaluations, stages 1–{number}")
+    plot_curve(
+        rows, algo, entry / "curve.png", f"{entry.name}: held-out evaluations, stages 1–{number}", x_label
+    )
     with stages.open("a") as f:
         f.write(
             f"| {number} | {date.today().isoformat()} | {commit} | {last['iteration']} | "

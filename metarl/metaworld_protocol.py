@@ -168,8 +168,10 @@ class RL2Agent:
     def __init__(self, learner: Any, num_envs: int) -> None:
         self.learner, self.num_envs = learner, num_envs
         self.device = learner.device
+        from metarl.algorithms.rl2 import EVAL_SEED_OFFSET
+
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(learner.seed + 1_000_003)  # the learner's evaluation stream
+        self.generator.manual_seed(learner.seed + EVAL_SEED_OFFSET)  # the learner's evaluation stream
         self.init()
 
     def init(self) -> None:

@@ -72,6 +72,9 @@ from metarl.families import FamilyTaskSampler, env_factory, horizon_of
 from metarl.rollouts import BatchedFamily
 from metarl.seeding import seeded
 
+#: the evaluation generator is seeded ``run seed + EVAL_SEED_OFFSET`` (by ``initial``): apart from training's
+EVAL_SEED_OFFSET = 1_000_003
+
 
 @dataclasses.dataclass(frozen=True)
 class RL2Config:
@@ -453,7 +456,7 @@ class RL2(MetaLearner[Segment, RL2State]):
 
     # -- the inner loop: running a trial --------------------------------------------------------------
     def initial(self, tasks: Sequence[Task]) -> RL2State:
-        self.eval_generator.manual_seed(self.seed + 1_000_003)
+        self.eval_generator.manual_seed(self.seed + EVAL_SEED_OFFSET)
         return self.zero_state(len(tasks) * self.config.eval_trials_per_task)
 
     def support(self, tasks: Sequence[Task], adapted: RL2State, step: int) -> Segment:
