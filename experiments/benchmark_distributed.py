@@ -34,12 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PRESETS: dict[str, tuple[str, list[str], str | None]] = {
     "quickstart": ("experiments/quickstart.toml", [], None),
     "halfcheetah_vel_trpo": ("experiments/maml_trpo_halfcheetah_vel.toml", [], "metarl/HalfCheetahVel-v0"),
-    # the learner measured in the README's table (the preset before session 6: one shared GRU, λ = 0.3)
-    "rl2_bandit_k10_n100": (
-        "experiments/rl2_bandit_k10_n100.toml",
-        ['algo.value_network="shared"', "algo.gae_lambda=0.3"],
-        None,
-    ),
+    # the preset as it is (session 6: separate value GRU, λ = 0.95; session 7: the fused GRU kernel)
+    "rl2_bandit_k10_n100": ("experiments/rl2_bandit_k10_n100.toml", [], None),
 }
 
 

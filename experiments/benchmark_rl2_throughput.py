@@ -19,6 +19,9 @@ before and after see the same machine load::
 
     OMP_NUM_THREADS=1 python experiments/benchmark_rl2_throughput.py --shape preset --sb3-envs \
         --baseline dcb083f --repeats 3 --rl2-iterations 3
+
+``--clock process`` times CPU seconds of the process instead of the wall clock, for a machine shared with
+other jobs.
 """
 
 from __future__ import annotations
@@ -111,15 +114,21 @@ def learner_of_revision(revision: str, learner: Any) -> Any:
     return module.RL2(config, learner.family, horizon, learner.device, learner.seed)
 
 
+#: what the timings measure: wall-clock seconds, or CPU seconds of this process (``--clock process``:
+#: steadier on a machine shared with other jobs)
+CLOCKS = {"wall": time.perf_counter, "process": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def time_learner(learner: Any, sampler: Any, batch: int, iterations: int) -> tuple[float, int, float]:
     """Env steps per second of ``iterations`` meta-updates after one warm-up update."""
     rng = np.random.default_rng(0)
     learner.meta_update(sampler.sample(batch, split="train", rng=rng))  # warm-up
-    steps, start = 0, time.perf_counter()
+    steps, start = 0, clock()
     for _ in range(iterations):
         tasks = sampler.sample(batch, split="train", rng=rng)
         steps += int(learner.meta_update(tasks)["env_steps"])
-    wall = time.perf_counter() - start
+    wall = clock() - start
     return steps / wall, steps, wall
 
 
@@ -200,7 +209,10 @@ def main() -> None:
     parser.add_argument(
         "--sb3-rollouts", type=int, default=4, help="RecurrentPPO rollouts of 128 steps × envs"
     )
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall", help="wall or process CPU seconds")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(1)
     preset = args.config if args.shape == "preset" else None
     overrides = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -208,7 +220,8 @@ def main() -> None:
         rows = before_after(args.baseline, args.hidden, args.rl2_iterations, args.repeats, preset, overrides)
         before = [rate for name, (rate, _, _) in rows if name.startswith("before")]
         after = [rate for name, (rate, _, _) in rows if name.startswith("after")]
-        print("| learner | env steps | wall (s) | env steps/s |")
+        seconds = "CPU s" if args.clock == "process" else "wall (s)"
+        print(f"| learner | env steps | {seconds} | env steps/s |")
         print("|---|---|---|---|")
         for name, (rate, steps, wall) in rows:
             print(f"| {name} | {steps} | {wall:.1f} | {rate:,.0f} |")
@@ -226,7 +239,8 @@ def main() -> None:
     again = metarl_rl2(args.hidden, args.rl2_iterations, preset, overrides)
     rows.append(("metarl RL² again (load drift check)", again))
     ours = (rows[0][1][0] + rows[-1][1][0]) / 2
-    print("| learner | recurrent units | env steps | wall (s) | env steps/s | RL² speed-up |")
+    seconds = "CPU s" if args.clock == "process" else "wall (s)"
+    print(f"| learner | recurrent units | env steps | {seconds} | env steps/s | RL² speed-up |")
     print("|---|---|---|---|---|---|")
     for name, (rate, steps, wall) in rows:
         ratio = "" if name.startswith("metarl") else f"{ours / rate:.1f}x"

@@ -94,7 +94,7 @@ def test_separate_value_network_keeps_the_value_gradient_off_the_policy() -> Non
     assert net.state_size == 16 and learner.initial(["a", "b"]).hidden.shape == (2, 16)
     inputs = _trial_inputs(learner)
     head, values, last = net(inputs, torch.zeros(inputs.shape[1], net.state_size))
-    values.square().sum().backward()
+    values.square().sum().backward(retain_graph=True)  # one graph: the fused kernel runs both GRUs
     policy_side = [net.gru.weight_ih_l0, net.gru.weight_hh_l0, net.gru.bias_hh_l0, net.policy_head.weight]
     assert all(_grad_size(p) == 0.0 for p in policy_side)
     assert _grad_size(net.value_gru.weight_hh_l0) > 0 and _grad_size(net.value_gru.weight_ih_l0) > 0
