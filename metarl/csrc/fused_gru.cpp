@@ -3,12 +3,13 @@
 // PyTorch's GRU equations (torch.nn.GRU), per layer g, step t, trial b, unit j:
 //   r = σ(W_ir x + b_ir + W_hr h + b_hr),  z = σ(W_iz x + b_iz + W_hz h + b_hz)
 //   n = tanh(W_in x + b_in + r ⊙ (W_hn h + b_hn)),  h' = (1 − z) ⊙ n + z ⊙ h
-// The matrix products go to BLAS (ATen's addmm); the gate arithmetic of a step is one loop over B × H
-// elements that the compiler vectorises (exp from glibc's vector math library, libmvec: built with
-// -ffast-math, see metarl/fused_gru.py), where ATen's GRU runs ~10 separate element-wise kernels per step
-// forward and ~20 through autograd backward.
+// Per step: one BLAS product on raw pointers (the sgemm_/dgemm_ that libtorch exports: no tensor views or
+// operator dispatch per step) and one loop over the B × H gate elements that the compiler vectorises (exp
+// from glibc's vector math library, libmvec: built with -ffast-math, see metarl/fused_gru.py), where
+// ATen's GRU runs ~10 separate element-wise kernels per step forward and ~20 through autograd backward.
 // The backward pass is hand-written back-propagation through time: per step only the recurrent product
-// ∂h_{t−1} = ∂gh_t · W_hh; the weight gradients are one product each over all steps at the end.
+// ∂h_{t−1} = ∂gh_t · W_hh; the input projection and the weight gradients are one ATen product each over
+// all steps.
 #include <torch/extension.h>
 
 #include <cmath>
@@ -28,12 +29,13 @@ inline scalar_t tanh_(scalar_t a) {
   return scalar_t(2) / (scalar_t(1) + std::exp(scalar_t(-2) * a)) - scalar_t(1);
 }
 
-// One forward step of layer g: gates from the input projection gi [B, 3H] and the recurrent projection
-// gh [B, 3H]; writes h_next [B, H] and the saved gates [B, 4H] = (r, z, n, W_hn h + b_hn).
+// One forward step of layer g: gates from the input projection gi [B, 3H] (its bias included), the
+// recurrent product gh = h W_hhᵀ [B, 3H] and its bias b_hh [3H]; writes h_next [B, H] and the saved gates
+// [B, 4H] = (r, z, n, W_hn h + b_hn).
 template <typename scalar_t>
 void forward_gates(const scalar_t* __restrict__ gi, const scalar_t* __restrict__ gh,
-                   const scalar_t* __restrict__ h_prev, scalar_t* __restrict__ h_next,
-                   scalar_t* __restrict__ saved, int64_t B, int64_t H) {
+                   const scalar_t* __restrict__ b_hh, const scalar_t* __restrict__ h_prev,
+                   scalar_t* __restrict__ h_next, scalar_t* __restrict__ saved, int64_t B, int64_t H) {
   for (int64_t b = 0; b < B; ++b) {
     const scalar_t* gi_b = gi + b * 3 * H;
     const scalar_t* gh_b = gh + b * 3 * H;
@@ -42,9 +44,9 @@ void forward_gates(const scalar_t* __restrict__ gi, const scalar_t* __restrict__
     scalar_t* s = saved + b * 4 * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const scalar_t r = sigmoid(gi_b[j] + gh_b[j]);
-      const scalar_t z = sigmoid(gi_b[H + j] + gh_b[H + j]);
-      const scalar_t ghn = gh_b[2 * H + j];
+      const scalar_t r = sigmoid(gi_b[j] + gh_b[j] + b_hh[j]);
+      const scalar_t z = sigmoid(gi_b[H + j] + gh_b[H + j] + b_hh[H + j]);
+      const scalar_t ghn = gh_b[2 * H + j] + b_hh[2 * H + j];
       const scalar_t n = tanh_(gi_b[2 * H + j] + r * ghn);
       hn[j] = n + z * (hp[j] - n);
       s[j] = r;
@@ -104,31 +106,65 @@ void check_inputs(const torch::Tensor& x, const torch::Tensor& h0, const torch::
 
 }  // namespace
 
+// The BLAS that libtorch_cpu exports (Fortran interface, 32-bit integers; MKL in the x86-64 wheels).
+extern "C" {
+void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+            const float* beta, float* c, const int* ldc);
+void dgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+            const double* alpha, const double* a, const int* lda, const double* b, const int* ldb,
+            const double* beta, double* c, const int* ldc);
+}
+
+// Column-major C[m, n] = alpha op(A) op(B) + beta C, for float and double.
+inline void gemm(char ta, char tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                 int ldb, float beta, float* c, int ldc) {
+  sgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+inline void gemm(char ta, char tb, int m, int n, int k, double alpha, const double* a, int lda,
+                 const double* b, int ldb, double beta, double* c, int ldc) {
+  dgemm_(&ta, &tb, &m, &n, &k, &alpha, a, &lda, b, &ldb, &beta, c, &ldc);
+}
+
+// gh [B, 3H] = h [B, H] · W_hhᵀ (row-major; W_hh [3H, H]): column-major ghᵀ = W_hh hᵀ.
+template <typename scalar_t>
+void recurrent_product(const scalar_t* h, const scalar_t* w_hh, scalar_t* gh, int64_t B, int64_t H) {
+  gemm('T', 'N', 3 * H, B, H, scalar_t(1), w_hh, H, h, H, scalar_t(0), gh, 3 * H);
+}
+
+// dh [B, H] += d_gh [B, 3H] · W_hh (row-major): column-major dhᵀ += W_hhᵀ d_ghᵀ.
+template <typename scalar_t>
+void recurrent_gradient(const scalar_t* d_gh, const scalar_t* w_hh, scalar_t* dh, int64_t B, int64_t H) {
+  gemm('N', 'N', H, B, 3 * H, scalar_t(1), w_hh, H, d_gh, 3 * H, scalar_t(1), dh, H);
+}
+
 // Returns (hs [G, L + 1, B, H] with hs[:, 0] = h0, saved gates [G, L, B, 4H]).
 std::vector<torch::Tensor> forward(torch::Tensor x, torch::Tensor h0, torch::Tensor w_ih,
                                    torch::Tensor w_hh, torch::Tensor b_ih, torch::Tensor b_hh) {
   check_inputs(x, h0, w_ih, w_hh, b_ih, b_hh);
   x = x.contiguous();
+  w_hh = w_hh.contiguous();
+  b_hh = b_hh.contiguous();
   const auto L = x.size(0), B = x.size(1), I = x.size(2);
   const auto G = w_ih.size(0), H = w_hh.size(2);
   auto x2d = x.view({L * B, I});
   auto hs = torch::empty({G, L + 1, B, H}, x.options());
+  hs.select(1, 0).copy_(h0);
   auto saved = torch::empty({G, L, B, 4 * H}, x.options());
   auto gh = torch::empty({B, 3 * H}, x.options());
   for (int64_t g = 0; g < G; ++g) {
     auto gi = torch::addmm(b_ih[g], x2d, w_ih[g].t());  // every step's input projection: [L·B, 3H]
-    auto w_hh_t = w_hh[g].t();
-    auto b = b_hh[g];
-    hs[g][0].copy_(h0[g]);
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_gru_forward", [&] {
       const scalar_t* gi_p = gi.data_ptr<scalar_t>();
-      scalar_t* hs_p = hs[g].data_ptr<scalar_t>();
-      scalar_t* saved_p = saved[g].data_ptr<scalar_t>();
+      const scalar_t* w = w_hh.data_ptr<scalar_t>() + g * 3 * H * H;
+      const scalar_t* bias = b_hh.data_ptr<scalar_t>() + g * 3 * H;
+      scalar_t* hs_p = hs.data_ptr<scalar_t>() + g * (L + 1) * B * H;
+      scalar_t* saved_p = saved.data_ptr<scalar_t>() + g * L * B * 4 * H;
+      scalar_t* gh_p = gh.data_ptr<scalar_t>();
       for (int64_t t = 0; t < L; ++t) {
-        auto h = hs[g][t];
-        torch::addmm_out(gh, b, h, w_hh_t);
-        forward_gates<scalar_t>(gi_p + t * B * 3 * H, gh.data_ptr<scalar_t>(), hs_p + t * B * H,
-                                hs_p + (t + 1) * B * H, saved_p + t * B * 4 * H, B, H);
+        recurrent_product<scalar_t>(hs_p + t * B * H, w, gh_p, B, H);
+        forward_gates<scalar_t>(gi_p + t * B * 3 * H, gh_p, bias, hs_p + t * B * H, hs_p + (t + 1) * B * H,
+                                saved_p + t * B * 4 * H, B, H);
       }
     });
   }
@@ -140,30 +176,32 @@ std::vector<torch::Tensor> backward(torch::Tensor dout, torch::Tensor x, torch::
                                     torch::Tensor saved, torch::Tensor w_ih, torch::Tensor w_hh,
                                     bool need_dx) {
   dout = dout.contiguous();
+  w_hh = w_hh.contiguous();
   const auto L = x.size(0), B = x.size(1), I = x.size(2);
   const auto G = w_ih.size(0), H = w_hh.size(2);
   auto x2d = x.contiguous().view({L * B, I});
   auto d_gi = torch::empty({G, L, B, 3 * H}, x.options());
   auto d_gh = torch::empty({G, L, B, 3 * H}, x.options());
   auto dh = torch::zeros({G, B, H}, x.options());
-  auto dh_direct = torch::empty({B, H}, x.options());
+  auto dh_next = torch::empty({B, H}, x.options());
   auto dw_ih = torch::empty_like(w_ih), dw_hh = torch::empty_like(w_hh);
   auto db_ih = torch::empty({G, 3 * H}, x.options()), db_hh = torch::empty({G, 3 * H}, x.options());
   auto dx = need_dx ? torch::zeros({L * B, I}, x.options()) : torch::Tensor();
   for (int64_t g = 0; g < G; ++g) {
-    auto dh_g = dh[g];
-    auto w = w_hh[g];
     AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fused_gru_backward", [&] {
-      const scalar_t* dout_p = dout[g].data_ptr<scalar_t>();
-      const scalar_t* saved_p = saved[g].data_ptr<scalar_t>();
-      const scalar_t* hs_p = hs[g].data_ptr<scalar_t>();
-      scalar_t* dgi_p = d_gi[g].data_ptr<scalar_t>();
-      scalar_t* dgh_p = d_gh[g].data_ptr<scalar_t>();
+      const scalar_t* dout_p = dout.data_ptr<scalar_t>() + g * L * B * H;
+      const scalar_t* saved_p = saved.data_ptr<scalar_t>() + g * L * B * 4 * H;
+      const scalar_t* hs_p = hs.data_ptr<scalar_t>() + g * (L + 1) * B * H;
+      const scalar_t* w = w_hh.data_ptr<scalar_t>() + g * 3 * H * H;
+      scalar_t* dgi_p = d_gi.data_ptr<scalar_t>() + g * L * B * 3 * H;
+      scalar_t* dgh_p = d_gh.data_ptr<scalar_t>() + g * L * B * 3 * H;
+      scalar_t* carry = dh.data_ptr<scalar_t>() + g * B * H;  // ∂h_t from the later steps
+      scalar_t* next = dh_next.data_ptr<scalar_t>();
       for (int64_t t = L - 1; t >= 0; --t) {
-        backward_gates<scalar_t>(dh_g.data_ptr<scalar_t>(), dout_p + t * B * H, saved_p + t * B * 4 * H,
-                                 hs_p + t * B * H, dgi_p + t * B * 3 * H, dgh_p + t * B * 3 * H,
-                                 dh_direct.data_ptr<scalar_t>(), B, H);
-        torch::addmm_out(dh_g, dh_direct, d_gh[g][t], w);  // ∂h_{t−1}
+        backward_gates<scalar_t>(carry, dout_p + t * B * H, saved_p + t * B * 4 * H, hs_p + t * B * H,
+                                 dgi_p + t * B * 3 * H, dgh_p + t * B * 3 * H, next, B, H);
+        recurrent_gradient<scalar_t>(dgh_p + t * B * 3 * H, w, next, B, H);  // ∂h_{t−1}
+        std::copy(next, next + B * H, carry);
       }
     });
     auto dgi2d = d_gi[g].view({L * B, 3 * H});
