@@ -180,9 +180,12 @@ def require_trust(raw: dict[str, Any], source: Path, trust_code: bool) -> None:
 #: config keys a resumed run may change: its budget (only upwards), evaluation and checkpoint cadence, threads
 #: (not the device: learners keep device-bound random generators whose saved state only fits the old one).
 #: Evaluation draws from its own reseeded generators (``core.evaluation_randomness``), so the cadences leave
-#: training bit for bit the same; a different thread count may change floating-point reductions (documented
-#: as not exact).
-RESUMABLE_CHANGES = frozenset({"run.iterations", "run.eval_every", "run.checkpoint_every", "run.num_threads"})
+#: training bit for bit the same; a different thread count, or RL²'s GRU kernel (``algo.fused_gru``: the fused
+#: CPU kernel or ``nn.GRU``, equal to float rounding), may change floating-point results (documented as not
+#: exact).
+RESUMABLE_CHANGES = frozenset(
+    {"run.iterations", "run.eval_every", "run.checkpoint_every", "run.num_threads", "algo.fused_gru"}
+)
 LOCK_FILE = ".lock"
 
 

@@ -106,3 +106,23 @@ def test_rl2_updates_equal_with_the_kernel_and_with_nn_gru() -> None:
     assert returns_fused == pytest.approx(returns_native, abs=1e-5)
     for a, b in zip(params_fused, params_native, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+def test_a_run_resumes_with_the_other_gru_kernel(tmp_path) -> None:
+    """``algo.fused_gru`` is an implementation switch, not part of the experiment: a run trained with one
+    kernel may be resumed with the other (e.g. a zoo entry trained before the kernel existed)."""
+    from conftest import run_cli
+
+    config = tmp_path / "rl2.toml"
+    config.write_text(
+        '[run]\niterations = 1\neval_every = 1\neval_tasks = 2\neval_steps = 1\n\n'
+        '[env]\nid = "metarl/Bandit-K5-v0"\nkwargs = { num_pulls = 10 }\nmax_episode_steps = 10\n\n'
+        '[algo]\nname = "rl2"\nmeta_batch_size = 8\nhidden_size = 8\nepisodes_per_trial = 1\n'
+    )
+    run = tmp_path / "run"
+    assert run_cli("train", str(config), "--run-dir", str(run)).returncode == 0
+    resumed = run_cli(
+        "train", "--run-dir", str(run), "--resume", "--set", "run.iterations=2", "--set", "algo.fused_gru=false"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert '"iteration": 2' in (run / "metrics.jsonl").read_text()
