@@ -115,14 +115,21 @@ def test_a_run_resumes_with_the_other_gru_kernel(tmp_path) -> None:
 
     config = tmp_path / "rl2.toml"
     config.write_text(
-        '[run]\niterations = 1\neval_every = 1\neval_tasks = 2\neval_steps = 1\n\n'
+        "[run]\niterations = 1\neval_every = 1\neval_tasks = 2\neval_steps = 1\n\n"
         '[env]\nid = "metarl/Bandit-K5-v0"\nkwargs = { num_pulls = 10 }\nmax_episode_steps = 10\n\n'
         '[algo]\nname = "rl2"\nmeta_batch_size = 8\nhidden_size = 8\nepisodes_per_trial = 1\n'
     )
     run = tmp_path / "run"
     assert run_cli("train", str(config), "--run-dir", str(run)).returncode == 0
     resumed = run_cli(
-        "train", "--run-dir", str(run), "--resume", "--set", "run.iterations=2", "--set", "algo.fused_gru=false"
+        "train",
+        "--run-dir",
+        str(run),
+        "--resume",
+        "--set",
+        "run.iterations=2",
+        "--set",
+        "algo.fused_gru=false",
     )
     assert resumed.returncode == 0, resumed.stderr
     assert '"iteration": 2' in (run / "metrics.jsonl").read_text()
