@@ -11,6 +11,12 @@ instances (``train`` split, seed 1) and printed. ``--runs DIR`` adds the RL² co
 
     python experiments/rl2_baselines.py --bandit-n 10 100 --mdp-n 10 25 --json baselines.json
     python experiments/rl2_baselines.py --runs runs/rl2 --reuse baselines.json --json table.json
+
+``--score RUN [RUN ...]`` scores RL² run directories (e.g. zoo entries) on this table's protocol — the 1000
+test instances of the run's own family, 10 trials each, latest checkpoint — and, beside it, on the
+validation instances the presets were chosen on (``held_out(1000, seed=1)``, ``rl2_ablation.py``)::
+
+    python experiments/rl2_baselines.py --score experiments/zoo/rl2_bandit_k5_n100
 """
 
 from __future__ import annotations
@@ -64,6 +70,28 @@ def rl2_trial_returns(run_dir: Path, tasks: list) -> np.ndarray | None:
 
     exp = load_run(run_dir, "latest", "cpu")
     return exp.learner.trial_returns(tasks, trials_per_task=TRIALS, seed=TEST_SEED).numpy()
+
+
+def score_runs(run_dirs: list[Path]) -> None:
+    """Print each run's table-protocol and validation scores (mean ± 95% CI over instances)."""
+    from metarl.run import load_run
+
+    for run_dir in run_dirs:
+        start = time.perf_counter()
+        exp = load_run(run_dir, "latest", "cpu")
+        env = exp.config.env
+        family = gym.make(env.id, **env.kwargs, max_episode_steps=env.max_episode_steps).unwrapped
+        table_tasks = family.sample_tasks(INSTANCES, split="test", seed=TEST_SEED)
+        table = mean_ci95(exp.learner.trial_returns(table_tasks, trials_per_task=TRIALS, seed=TEST_SEED))
+        validation_tasks = exp.tasks.held_out(INSTANCES, seed=TUNE_SEED)
+        validation = mean_ci95(
+            exp.learner.trial_returns(validation_tasks, trials_per_task=TRIALS, seed=TUNE_SEED)
+        )
+        iteration = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["iteration"]
+        print(
+            f"{run_dir} (iteration {iteration}): table protocol {table[0]:.2f} ± {table[1]:.2f}, "
+            f"validation {validation[0]:.2f} ± {validation[1]:.2f} ({time.perf_counter() - start:.0f} s)"
+        )
 
 
 def bandit_rows(ns: list[int], ks: list[int], runs: Path | None, cached: dict[str, dict]) -> dict[str, dict]:
@@ -160,8 +188,12 @@ def main() -> None:
     parser.add_argument(
         "--reuse", type=Path, default=None, help="take the baselines' cells from this earlier --json output"
     )
+    parser.add_argument("--score", type=Path, nargs="+", help="only score these RL² run directories")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.score:
+        score_runs(args.score)
+        return
     cached = json.loads(args.reuse.read_text()) if args.reuse else {"bandits": {}, "mdps": {}}
     results = {
         "bandits": bandit_rows(args.bandit_n, args.bandit_k, args.runs, cached["bandits"]),
