@@ -21,7 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from envs.base import Task, TaskFamily, tasks_of_type
+from envs.base import Task, TaskFamily, check_indices, tasks_of_type
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -269,9 +269,7 @@ class BatchedBernoulliBandit:
         if actions.dtype.is_floating_point or actions.dtype == torch.bool:
             raise TypeError(f"actions must be integer arm indices, got dtype {actions.dtype}")
         actions = actions.to(device=self.device, dtype=torch.long)
-        low, high = torch.aminmax(actions)
-        if low < 0 or high >= self.num_arms:
-            raise ValueError(f"actions must be arm indices in [0, {self.num_arms})")
+        check_indices(actions, self.num_arms, "arm indices")
         if noise is None:
             noise = self.sample_noise()
         elif noise.shape != self.shape:

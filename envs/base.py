@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+import torch
 
 Split = Literal["train", "test"]
 SPLITS: tuple[str, ...] = ("train", "test")
@@ -117,6 +118,20 @@ def split_rng(seed: int, split: str) -> np.random.Generator:
     if split not in _SPLIT_SALT:
         raise ValueError(f"unknown split {split!r}; valid: {list(SPLITS)}")
     return np.random.default_rng([int(seed), _SPLIT_SALT[split]])
+
+
+def check_indices(actions: torch.Tensor, count: int, what: str) -> None:
+    """Check that ``actions`` are indices in ``[0, count)`` (a batched discrete env's ``step``). On the
+    CPU an invalid index raises ``ValueError("actions must be <what> in [0, count)")``; on an accelerator
+    the check is a device-side assertion (``torch._assert_async``), so that stepping never waits for the
+    device to report the actions' range."""
+    if actions.device.type == "cpu":
+        low, high = torch.aminmax(actions)
+        if low < 0 or high >= count:
+            raise ValueError(f"actions must be {what} in [0, {count})")
+    else:
+        valid = ((actions >= 0) & (actions < count)).all()
+        torch._assert_async(valid, f"actions must be {what} in [0, {count})")
 
 
 class TaskFamily(abc.ABC):

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from envs.bandit import make_torch_generator
-from envs.base import Task, TaskFamily, tasks_of_type
+from envs.base import Task, TaskFamily, check_indices, tasks_of_type
 
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
@@ -367,9 +367,7 @@ class BatchedTabularMDP:
         if actions.dtype.is_floating_point or actions.dtype == torch.bool:
             raise TypeError(f"actions must be integer action indices, got dtype {actions.dtype}")
         actions = actions.to(device=self.device, dtype=torch.long)
-        low, high = torch.aminmax(actions)
-        if low < 0 or high >= self.num_actions:
-            raise ValueError(f"actions must be in [0, {self.num_actions})")
+        check_indices(actions, self.num_actions, "action indices")
         if noise is None:
             noise = self.sample_noise()
         elif noise.reward.shape != self.shape or noise.transition.shape != self.shape:

@@ -236,7 +236,7 @@ def test_batched_errors() -> None:
         batched.step(torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="integer"):
         batched.step(torch.zeros(2, 2))
-    with pytest.raises(ValueError, match="actions must be in"):
+    with pytest.raises(ValueError, match="actions must be action indices in"):
         batched.step(torch.full((2, 2), -1))
     bad_noise = TabularMDPNoise(reward=torch.zeros(2), transition=torch.zeros(2))
     with pytest.raises(ValueError, match="noise"):
