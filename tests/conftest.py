@@ -12,6 +12,16 @@ import torch
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _build_fused_gru() -> None:
+    """Compile RL²'s fused GRU kernel once, before any test (and its subprocesses) needs it: the first
+    build takes about a minute and is cached on disk for every later process (metarl/fused_gru.py)."""
+    from metarl import fused_gru
+
+    fused_gru.available()
+
+
 TINY_TOML = """
 [run]
 iterations = {iterations}
