@@ -94,6 +94,10 @@ void backward_gates(const scalar_t* __restrict__ dh_carry, const scalar_t* __res
 void check_inputs(const torch::Tensor& x, const torch::Tensor& h0, const torch::Tensor& w_ih,
                   const torch::Tensor& w_hh, const torch::Tensor& b_ih, const torch::Tensor& b_hh) {
   TORCH_CHECK(x.device().is_cpu(), "fused_gru: CPU tensors only");
+  for (const auto* t : {&h0, &w_ih, &w_hh, &b_ih, &b_hh}) {
+    TORCH_CHECK(t->scalar_type() == x.scalar_type() && t->device().is_cpu(),
+                "fused_gru: every tensor must be on the CPU with the inputs' dtype");
+  }
   TORCH_CHECK(x.dim() == 3 && h0.dim() == 3 && w_ih.dim() == 3 && w_hh.dim() == 3,
               "fused_gru: x [L, B, I], h0 [G, B, H], w_ih [G, 3H, I], w_hh [G, 3H, H]");
   const auto G = w_ih.size(0), H = w_hh.size(2);
