@@ -20,6 +20,7 @@ the CPU (CUDA runs ``nn.GRU``, i.e. cuDNN), :func:`gru_sequence` runs the ``nn.G
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import sys
 import warnings
@@ -32,7 +33,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 SOURCE = Path(__file__).parent / "csrc" / "fused_gru.cpp"
-NAME = "metarl_fused_gru"
+#: the build's name carries a hash of the source, so that checkouts of different versions keep separate builds
+NAME = "metarl_fused_gru_" + hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
 
 
 def _flags() -> list[str]:
