@@ -73,24 +73,24 @@ def rl2_trial_returns(run_dir: Path, tasks: list) -> np.ndarray | None:
 
 
 def score_runs(run_dirs: list[Path]) -> None:
-    """Print each run's table-protocol and validation scores (mean ± 95% CI over instances)."""
-    from metarl.run import load_run
+    """Print each run's table-protocol score (:func:`rl2_trial_returns` on the test instances of its own
+    family) and its validation score (``rl2_ablation.score``: the instances the presets were chosen on)."""
+    from rl2_ablation import score  # the sibling script (experiments/ is on sys.path when run as a script)
+
+    from metarl.config import resolve
+    from metarl.run import read_config
 
     for run_dir in run_dirs:
         start = time.perf_counter()
-        exp = load_run(run_dir, "latest", "cpu")
-        env = exp.config.env
+        env = resolve(read_config(run_dir, "cannot score")).env
         family = gym.make(env.id, **env.kwargs, max_episode_steps=env.max_episode_steps).unwrapped
-        table_tasks = family.sample_tasks(INSTANCES, split="test", seed=TEST_SEED)
-        table = mean_ci95(exp.learner.trial_returns(table_tasks, trials_per_task=TRIALS, seed=TEST_SEED))
-        validation_tasks = exp.tasks.held_out(INSTANCES, seed=TUNE_SEED)
-        validation = mean_ci95(
-            exp.learner.trial_returns(validation_tasks, trials_per_task=TRIALS, seed=TUNE_SEED)
-        )
-        iteration = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["iteration"]
+        test_tasks = family.sample_tasks(INSTANCES, split="test", seed=TEST_SEED)
+        table = mean_ci95(torch.as_tensor(rl2_trial_returns(run_dir, test_tasks), dtype=torch.float64))
+        validation = score(run_dir, INSTANCES, TRIALS, TUNE_SEED)
         print(
-            f"{run_dir} (iteration {iteration}): table protocol {table[0]:.2f} ± {table[1]:.2f}, "
-            f"validation {validation[0]:.2f} ± {validation[1]:.2f} ({time.perf_counter() - start:.0f} s)"
+            f"{run_dir} (iteration {validation['iterations']}): table protocol {table[0]:.2f} ± "
+            f"{table[1]:.2f}, validation {validation['val_mean']:.2f} ± {validation['val_ci95']:.2f} "
+            f"({time.perf_counter() - start:.0f} s)"
         )
 
 
