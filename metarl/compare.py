@@ -70,9 +70,8 @@ import torch
 from envs.base import Task
 from metarl import atomic, checks, distributed
 from metarl.config import DataConfig, Device, EnvConfig, build_dataclass, load_toml, resolve
-from metarl.core import evaluation_randomness
 from metarl.errors import ConfigError
-from metarl.evaluation import AdaptationCurve, evaluate_adaptation, evaluate_sharded, mean_ci95
+from metarl.evaluation import AdaptationCurve, evaluate_sharded, mean_ci95
 
 Paradigm = Literal["scratch", "transfer", "meta", "oracle"]
 TransferMode = Literal["head", "full", "regularized"]
@@ -375,15 +374,13 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def _adaptation(learner: Any, tasks: Sequence[Task], steps: int, eval_seed: int) -> AdaptationCurve:
-    """A meta-learner's adaptation curve on ``tasks``. One process: with the checkpoint's own random
-    streams. ``--nproc N``: each rank adapts to its share of the tasks with streams reseeded from
-    ``(eval_seed, rank)`` (ranks that loaded one checkpoint would otherwise draw the same numbers for
-    different tasks) and the per-task values are gathered, in task order."""
-    if distributed.world_size() == 1:
-        return evaluate_adaptation(learner, tasks, steps)
-    with evaluation_randomness(learner, distributed.rank_seed(eval_seed)):
-        return evaluate_sharded(learner, tasks, steps)
+def _adaptation(
+    learner: Any, tasks: Sequence[Task], steps: int, eval_seed: int, blocks: int = 1
+) -> AdaptationCurve:
+    """A learner's adaptation curve on ``tasks``, with the evaluation streams of ``metarl evaluate``
+    (:func:`metarl.evaluation.evaluate_sharded`: ``blocks`` blocks of tasks, each reseeded from
+    ``(eval_seed, block)``), so it is the same under ``--nproc N`` as in one process."""
+    return evaluate_sharded(learner, tasks, steps, eval_seed, blocks)
 
 
 def _ppo_curves(
@@ -451,7 +448,9 @@ def compare_rl(spec: CompareSpec, device: torch.device, trust_code: bool = False
                 f"meta run {method.run!r} cannot be placed on the env-step axis: {err}"
             ) from None
         curve, seconds = _timed(
-            lambda exp=exp, steps=steps: _adaptation(exp.learner, tasks, steps, cfg.eval_seed)
+            lambda exp=exp, steps=steps: _adaptation(
+                exp.learner, tasks, steps, cfg.eval_seed, exp.config.run.eval_blocks
+            )
         )
         scale = horizon / evaluated
         scaled = summarise(torch.tensor(curve.per_task) * scale, "return")

@@ -49,7 +49,13 @@ class RunConfig:
         eval_every: meta-iterations between held-out evaluations (the last iteration is always evaluated).
         eval_tasks: number of held-out tasks (40 in the MAML paper).
         eval_steps: adaptation steps of the held-out adaptation curve (0..eval_steps).
-        eval_seed: seed of the fixed held-out task set (the same for every run, so runs are comparable).
+        eval_seed: seed of the fixed held-out task set (the same for every run, so runs are comparable) and
+            of the evaluation's random numbers.
+        eval_blocks: the held-out tasks are evaluated in this many contiguous blocks, each with random
+            streams of its own from ``(eval_seed, block)``, so that a data-parallel job's evaluation (the
+            ranks share the blocks) gives one process's numbers under every world size; a multiple of the
+            world size spreads the work evenly. 1: one batch of every held-out task (single-process numbers
+            of earlier versions).
         checkpoint_every: meta-iterations between checkpoints of the latest state.
         num_threads: torch CPU threads (0: torch's default). 1 by default: the small networks and batched
             environments of meta-RL gain nothing from intra-op threads on CPU, and a second thread that
@@ -63,14 +69,15 @@ class RunConfig:
     eval_tasks: int = 40
     eval_steps: int = 3
     eval_seed: int = 0
+    eval_blocks: int = 1
     checkpoint_every: int = 1
     num_threads: int = 1
 
     def __post_init__(self) -> None:
-        checks.at_least(self, 1, "iterations", "eval_every", "eval_tasks", "checkpoint_every")
+        checks.at_least(self, 1, "iterations", "eval_every", "eval_tasks", "eval_blocks", "checkpoint_every")
         checks.at_least(self, 0, "eval_steps", "num_threads", "seed", "eval_seed")
         checks.at_most(self, MAX_SEED, "seed", "eval_seed")
-        checks.at_most(self, MAX_TASKS, "eval_tasks")
+        checks.at_most(self, MAX_TASKS, "eval_tasks", "eval_blocks")
         checks.at_most(self, MAX_ADAPTATION_STEPS, "eval_steps")
 
 

@@ -111,10 +111,15 @@ def shard(items: Sequence[T]) -> list[T]:
 
 def shard_bounds(n: int) -> tuple[int, int]:
     """``[lo, hi)`` of this rank's share of ``n`` items (``np.array_split``'s split)."""
-    size, r = world_size(), rank()
-    base, extra = divmod(n, size)
-    lo = r * base + min(r, extra)
-    return lo, lo + base + (r < extra)
+    return split_bounds(n, world_size(), rank())
+
+
+def split_bounds(n: int, parts: int, index: int) -> tuple[int, int]:
+    """``[lo, hi)`` of part ``index`` when ``n`` items are split into ``parts`` contiguous parts whose sizes
+    differ by at most one, the larger first (``np.array_split``'s split)."""
+    base, extra = divmod(n, parts)
+    lo = index * base + min(index, extra)
+    return lo, lo + base + (index < extra)
 
 
 def all_reduce_mean(vector: torch.Tensor) -> torch.Tensor:
@@ -299,10 +304,19 @@ def broadcast_object(obj: Any) -> Any:
 def rank_seed(seed: int, index: int = 0) -> int:
     """A 63-bit seed for generator ``index`` of this rank: ``seed`` itself on rank 0 when ``index`` is 0
     (the single-process streams), an independent stream from ``(seed, rank, index)`` otherwise."""
-    r = rank()
-    if r == 0 and index == 0:
+    return stream_seed(seed, rank(), index)
+
+
+def stream_seed(seed: int, stream: int, index: int = 0) -> int:
+    """A 63-bit seed for generator ``index`` of random stream ``stream``: ``seed`` itself for stream 0,
+    index 0, an independent seed from ``(seed, stream, index)`` otherwise. Rank ``r`` draws stream ``r``
+    (:func:`rank_seed`); block ``b`` of an evaluation draws stream ``b`` wherever it runs
+    (:func:`metarl.evaluation.evaluate_sharded`)."""
+    if stream == 0 and index == 0:
         return int(seed)
-    return int(np.random.SeedSequence([int(seed), r, int(index)]).generate_state(1, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([int(seed), int(stream), int(index)]).generate_state(1, np.uint64)[0] >> 1
+    )
 
 
 def reseed_for_rank(generators: Generators, seed: int) -> None:

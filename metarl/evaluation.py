@@ -19,7 +19,7 @@ import torch
 
 from envs.base import Task
 from metarl import atomic, distributed
-from metarl.core import MetaLearner, adaptation_curve
+from metarl.core import MetaLearner, adaptation_curve, evaluation_randomness
 
 # Two-sided 95% quantiles of Student's t for small samples; larger df use a Cornish-Fisher expansion.
 _T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -108,17 +108,49 @@ def evaluate_adaptation(
 
 
 def evaluate_sharded(
-    learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int, progress: bool = False
+    learner: MetaLearner[Any, Any],
+    tasks: Sequence[Task],
+    steps: int,
+    seed: int,
+    blocks: int = 1,
+    progress: bool = False,
 ) -> AdaptationCurve:
-    """:func:`evaluate_adaptation` over all of ``tasks`` by every rank of a data-parallel job: each rank
-    adapts to its share (:func:`metarl.distributed.shard`) and the per-task values are gathered in task
-    order, so the statistics are over every task whatever the world size (one process: the plain call)."""
-    local = evaluate_adaptation(learner, distributed.shard(tasks), steps, progress=progress)
-    if distributed.world_size() == 1:
-        return local
-    per_task = distributed.all_gather_tensor(torch.tensor(local.per_task, dtype=torch.float64), dim=1)
+    """:func:`evaluate_adaptation` over all of ``tasks`` with random streams of their own, by every rank.
+
+    The tasks are split into ``blocks`` contiguous blocks (``np.array_split``'s split; at most one block per
+    task) and block ``b`` is adapted to under ``evaluation_randomness(learner, stream_seed(seed, b))``
+    (:func:`metarl.core.evaluation_randomness`, :func:`metarl.distributed.stream_seed`): its random numbers
+    depend on ``seed`` and the block alone, never on when the evaluation runs or on which process runs it.
+    In a data-parallel job rank ``r`` adapts to blocks ``r, r + W, …`` and the per-task values are gathered
+    in task order, so the curve is the same under every world size ``W`` (one process runs the blocks in
+    turn). ``blocks`` a multiple of the world size spreads the work evenly; one block is the
+    single-process evaluation of earlier versions, number for number. This is the trainer's held-out
+    evaluation (``run.eval_seed``, ``run.eval_blocks``), ``metarl evaluate``'s and ``metarl compare``'s.
+    """
+    blocks = max(1, min(blocks, len(tasks)))
+    mine = range(distributed.rank(), blocks, distributed.world_size())
+    local: list[tuple[int, list[list[float]]]] = []
+    bar = None
+    if progress and len(mine):
+        from tqdm import tqdm
+
+        desc = f"evaluating {len(tasks)} tasks"
+        bar = tqdm(total=(steps + 1) * len(mine), desc=desc, unit="point", leave=False, disable=None)
+    try:
+        for b in mine:
+            lo, hi = distributed.split_bounds(len(tasks), blocks, b)
+            with evaluation_randomness(learner, distributed.stream_seed(seed, b)):
+                curve = adaptation_curve(learner, tasks[lo:hi], steps, on_point=bar.update if bar else None)
+            local.append((b, curve.detach().cpu().double().tolist()))
+    finally:
+        if bar is not None:
+            bar.close()
+    gathered = sorted(part for parts in distributed.all_gather_object(local) for part in parts)
+    per_task = torch.cat([torch.tensor(values, dtype=torch.float64) for _, values in gathered], dim=1)
     stats = [mean_ci95(row) for row in per_task]
-    return AdaptationCurve(local.metric, [m for m, _ in stats], [c for _, c in stats], per_task.tolist())
+    return AdaptationCurve(
+        learner.metric_name, [m for m, _ in stats], [c for _, c in stats], per_task.tolist()
+    )
 
 
 def step_unit(learner: MetaLearner[Any, Any]) -> str:

@@ -50,7 +50,7 @@ from envs.base import Task
 from metarl import atomic, budget, checkpoint, distributed
 from metarl.algorithms import ALGORITHMS
 from metarl.config import ExperimentConfig, diff
-from metarl.core import MetaLearner, TaskSampler, evaluation_randomness
+from metarl.core import MetaLearner, TaskSampler
 from metarl.errors import (
     CheckpointError,
     ConfigError,
@@ -184,7 +184,14 @@ def require_trust(raw: dict[str, Any], source: Path, trust_code: bool) -> None:
 #: CPU kernel or ``nn.GRU``, equal to float rounding), may change floating-point results (documented as not
 #: exact).
 RESUMABLE_CHANGES = frozenset(
-    {"run.iterations", "run.eval_every", "run.checkpoint_every", "run.num_threads", "algo.fused_gru"}
+    {
+        "run.iterations",
+        "run.eval_every",
+        "run.eval_blocks",
+        "run.checkpoint_every",
+        "run.num_threads",
+        "algo.fused_gru",
+    }
 )
 LOCK_FILE = ".lock"
 
@@ -472,10 +479,11 @@ def _loop(
                 unit = "env steps" if config.env is not None else "examples"
                 say(f"planned: {steps} {unit} per iteration, {steps * run.iterations:,} in total")
             if iteration % run.eval_every == 0 or iteration == run.iterations:
-                # never touches the training streams; each rank evaluates its share of the held-out tasks
-                with evaluation_randomness(learner, distributed.rank_seed(run.eval_seed)):
-                    final = iteration == run.iterations  # the long one: show its progress
-                    curve = evaluate_sharded(learner, held_out, run.eval_steps, progress=final and main)
+                # never touches the training streams; the same numbers under every world size
+                final = iteration == run.iterations  # the long one: show its progress
+                curve = evaluate_sharded(
+                    learner, held_out, run.eval_steps, run.eval_seed, run.eval_blocks, progress=final and main
+                )
                 for k, value in enumerate(curve.mean):
                     metrics[f"meta_test/{metric}_step_{k}"] = value
                 shown = " -> ".join(f"{m:.4g}" for m in curve.mean)
@@ -636,8 +644,9 @@ def evaluate(
     (:func:`metarl.core.evaluation_randomness`), exactly as the training-time evaluation does, so the same
     checkpoint, tasks and steps give the number the training printed (``meta_test/*`` of that iteration).
     A learner with no adaptation steps (ProtoNets, Matching Nets, SNAIL) is evaluated once (one point).
-    Under ``--nproc N`` (torchrun) each rank evaluates its share of the tasks with its own evaluation stream,
-    as the training-time evaluation of an N-rank run does, and rank 0 writes the report.
+    The tasks are evaluated in ``run.eval_blocks`` blocks with random streams of their own
+    (:func:`metarl.evaluation.evaluate_sharded`): under ``--nproc N`` (torchrun) the ranks share the blocks,
+    the numbers are those of one process, and rank 0 writes the report.
     """
     from metarl.evaluation import markdown_table, step_unit, write_report
 
@@ -659,9 +668,8 @@ def evaluate(
     if main:
         what = f"{num_tasks} {split} tasks, " + (f"{steps} steps" if unit else "the support set read once")
         print(f"evaluating {exp.config.algo_name} ({which} checkpoint): {what}")
-    # the training-time evaluation's numbers
-    with evaluation_randomness(exp.learner, distributed.rank_seed(run.eval_seed)):
-        curve = evaluate_sharded(exp.learner, tasks, steps, progress=main)
+    # the training-time evaluation's numbers, under any world size
+    curve = evaluate_sharded(exp.learner, tasks, steps, run.eval_seed, run.eval_blocks, progress=main)
     if not unit:
         curve = AdaptationCurve(curve.metric, curve.mean[-1:], curve.ci95[-1:], curve.per_task[-1:])
     if not main:

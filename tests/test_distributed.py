@@ -8,7 +8,6 @@ workers runs every check (interpreter start-up dominates); each test compares on
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -284,8 +283,9 @@ RUN_TOML = """
 [run]
 iterations = {iterations}
 eval_every = 4
-eval_tasks = 2
+eval_tasks = 3
 eval_steps = 1
+eval_blocks = {eval_blocks}
 seed = 3
 num_threads = 1
 checkpoint_every = 1
@@ -327,7 +327,7 @@ def two_rank_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     tmp = tmp_path_factory.mktemp("runs")
     config = tmp / "run.toml"
-    config.write_text(RUN_TOML.format(iterations=12))
+    config.write_text(RUN_TOML.format(eval_blocks=2, iterations=12))
     run_dir = tmp / "uninterrupted"
     done = subprocess.run(
         _metarl("train", str(config), "--nproc", "2", "--run-dir", str(run_dir)),
@@ -430,7 +430,7 @@ def test_two_nodes_rendezvous_on_localhost_and_train(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = tmp_path / "run.toml"
-    config.write_text(RUN_TOML.format(iterations=2))
+    config.write_text(RUN_TOML.format(eval_blocks=2, iterations=2))
     run_dir = tmp_path / "two_nodes"
     nodes = [
         subprocess.Popen(
@@ -475,28 +475,51 @@ def test_two_nodes_rendezvous_on_localhost_and_train(tmp_path: Path) -> None:
 
 
 def test_evaluate_on_two_ranks_gives_the_training_time_numbers(two_rank_run: tuple[Path, Path]) -> None:
-    """``metarl evaluate --nproc 2`` of a 2-rank run: the same shards and evaluation streams as its
-    training-time evaluation, so the same ``meta_test/*`` of the last iteration; rank 0 writes the report."""
+    """The held-out evaluation does not depend on the world size: ``metarl evaluate --nproc 2`` and
+    ``metarl evaluate`` in one process of a 2-rank run (3 tasks in 2 blocks: rank 0 takes 2 tasks, rank 1 one)
+    both give the ``meta_test/*`` its training printed at the last iteration; rank 0 alone writes the
+    report."""
     import json
     import subprocess
 
     _, run_dir = two_rank_run
-    args = _metarl("evaluate", str(run_dir), "--nproc", "2")
-    done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.count("wrote ") == 1
-    report = json.loads((run_dir / "eval" / "latest_test.json").read_text())
-    curve = report["maml_rl"]
     last = _rows(run_dir)[-1]
-    assert curve["mean"] == [last[f"meta_test/return_step_{k}"] for k in range(len(curve["mean"]))]
-    assert len(curve["per_task"][0]) == 2  # both held-out tasks, gathered from the two ranks
+    curves = []
+    for nproc in ("2", "1"):
+        args = _metarl("evaluate", str(run_dir), "--nproc", nproc)
+        done = subprocess.run(args, capture_output=True, text=True, env=_env(), timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.count("wrote ") == 1
+        curve = json.loads((run_dir / "eval" / "latest_test.json").read_text())["maml_rl"]
+        assert curve["mean"] == [last[f"meta_test/return_step_{k}"] for k in range(len(curve["mean"]))]
+        assert len(curve["per_task"][0]) == 3  # every held-out task, gathered from the ranks' blocks
+        curves.append(curve)
+    assert curves[0] == curves[1]
+
+
+def test_evaluation_blocks_change_only_the_evaluation_streams(two_rank_run: tuple[Path, Path]) -> None:
+    """One block vs two blocks: the same tasks, different random streams (a block draws its own), so the
+    per-task numbers differ — the check that blocks really are reseeded, not run in one batch."""
+    import torch
+
+    from metarl.evaluation import evaluate_sharded
+    from metarl.run import load_run
+
+    _, run_dir = two_rank_run
+    exp = load_run(run_dir, "latest", "cpu")
+    tasks = exp.tasks.held_out(3, seed=0)
+    one, two, again = (evaluate_sharded(exp.learner, tasks, 1, 0, blocks) for blocks in (1, 2, 2))
+    assert two.per_task == again.per_task  # a block's numbers depend on the seed and the block alone
+    assert one.per_task != two.per_task
+    assert torch.tensor(one.per_task).isfinite().all()
 
 
 def test_compare_on_two_ranks_gives_the_single_process_curves(tmp_path: Path) -> None:
     """``metarl compare --nproc 2``: the held-out tasks sharded (3 tasks: 2 + 1), PPO from scratch, the
-    transfer fine-tuning and the analytic oracle give one process's per-task numbers exactly (a task's PPO
-    seeds come from its index in the whole list; each rank pretrains the same transfer policy), the meta
-    run's curve covers every task, and rank 0 alone reports."""
+    transfer fine-tuning, the analytic oracle and the meta run's adaptation give one process's per-task
+    numbers exactly (a task's PPO seeds come from its index in the whole list; each rank pretrains the same
+    transfer policy; the meta run is evaluated in its ``run.eval_blocks`` blocks with their own streams), and
+    rank 0 alone reports."""
     import json
     import subprocess
 
@@ -514,8 +537,4 @@ def test_compare_on_two_ranks_gives_the_single_process_curves(tmp_path: Path) ->
         outputs[nproc] = {m["name"]: m for m in json.loads((out / "compare.json").read_text())["methods"]}
     assert list(outputs[1]) == list(outputs[2])
     for name, single in outputs[1].items():
-        if single["paradigm"] == "meta":  # reseeded per rank under --nproc: every task, finite numbers
-            assert len(outputs[2][name]["per_task"][0]) == 3
-            assert all(math.isfinite(v) for row in outputs[2][name]["per_task"] for v in row)
-        else:
-            assert outputs[2][name]["per_task"] == single["per_task"], name
+        assert outputs[2][name]["per_task"] == single["per_task"], name

@@ -646,6 +646,23 @@ def test_resume_with_a_new_eval_cadence_is_exact(
     assert_same_state(learner_state(killed)["learner"], learner_state(reference)["learner"])
 
 
+def test_resume_with_evaluation_blocks_keeps_training_exact(
+    reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run.eval_blocks`` changes only the evaluation's random streams: a run resumed with 2 blocks trains
+    exactly as the uninterrupted run; 0 blocks is one config line, exit 2."""
+    fails(capsys, 2, "eval_blocks", "train", write_config(tmp_path), "--set", "run.eval_blocks=0")
+    killed = tmp_path / "killed"
+    interrupt_after(monkeypatch, 4, KeyboardInterrupt())
+    fails(capsys, 130, "interrupted", "train", write_config(tmp_path), "--run-dir", killed)
+    monkeypatch.undo()
+    assert cli(capsys, "train", "--run-dir", killed, "--resume", "--set", "run.eval_blocks=2")[0] == 0
+    got, want = rows(killed), rows(reference)
+    assert training(got) == training(want)
+    assert "meta_test/return_step_1" in got[-1]
+    assert_same_state(learner_state(killed)["learner"], learner_state(reference)["learner"])
+
+
 def test_extending_a_finished_run_equals_a_longer_run(
     reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
