@@ -16,6 +16,7 @@ outer step all run on one core (the physics uses one thread per core it may run 
     OMP_NUM_THREADS=1 python experiments/benchmark_maml_timing.py --cores 1 --clock process --iterations 3
     OMP_NUM_THREADS=1 python experiments/benchmark_maml_timing.py --fvp hessian   # the exact double backward
     python experiments/benchmark_maml_timing.py --outer ppo --iterations 3 --device cuda
+    OMP_NUM_THREADS=1 python experiments/benchmark_maml_timing.py --cores 2 --outer-threads 2  # 2 free cores
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ def main() -> None:
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the learner)")
+    parser.add_argument(
+        "--outer-threads", type=int, default=0, help="torch threads for the outer update only (0: --threads)"
+    )
     args = parser.parse_args()
     if args.cores:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cores])
@@ -91,6 +95,7 @@ def main() -> None:
                 "fvp_subsample": args.fvp_subsample,
                 "fvp": args.fvp,
                 "fvp_task_chunk": args.fvp_task_chunk,
+                "outer_threads": args.outer_threads,
             },
         }
     )
@@ -102,7 +107,8 @@ def main() -> None:
         f"{args.env}: {args.meta_batch} tasks × {args.rollouts} rollouts × {args.horizon} steps, "
         f"outer={args.outer}, first_order={args.first_order}, kl_constraint={args.kl_constraint}, "
         f"fvp={args.fvp}, fvp_task_chunk={args.fvp_task_chunk}, fvp_subsample={args.fvp_subsample}, "
-        f"device={device}, torch threads={args.threads}, cores={len(os.sched_getaffinity(0))}, "
+        f"device={device}, torch threads={args.threads} (outer {args.outer_threads or args.threads}), "
+        f"cores={len(os.sched_getaffinity(0))}, "
         f"clock={args.clock}"
     )
     columns = (
