@@ -71,7 +71,7 @@ from envs.base import Task
 from metarl import atomic, checks, distributed
 from metarl.config import DataConfig, Device, EnvConfig, build_dataclass, load_toml, resolve
 from metarl.errors import ConfigError
-from metarl.evaluation import AdaptationCurve, evaluate_sharded, mean_ci95
+from metarl.evaluation import AdaptationCurve, evaluate_sharded, summarise
 
 Paradigm = Literal["scratch", "transfer", "meta", "oracle"]
 TransferMode = Literal["head", "full", "regularized"]
@@ -260,13 +260,6 @@ class MethodCurve:
         }
 
 
-def summarise(values: np.ndarray | torch.Tensor, metric: str) -> AdaptationCurve:
-    """``[budgets, tasks]`` values → mean and 95% CI per budget."""
-    values = torch.as_tensor(values, dtype=torch.float64)
-    stats = [mean_ci95(row) for row in values]
-    return AdaptationCurve(metric, [m for m, _ in stats], [c for _, c in stats], values.tolist())
-
-
 def budgets_to_reach(curve: MethodCurve, floor: float, oracle: float, fraction: float) -> int | None:
     """The smallest budget at which the normalised mean score reaches ``fraction`` (None: never).
 
@@ -374,15 +367,6 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def _adaptation(
-    learner: Any, tasks: Sequence[Task], steps: int, eval_seed: int, blocks: int = 1
-) -> AdaptationCurve:
-    """A learner's adaptation curve on ``tasks``, with the evaluation streams of ``metarl evaluate``
-    (:func:`metarl.evaluation.evaluate_sharded`: ``blocks`` blocks of tasks, each reseeded from
-    ``(eval_seed, block)``), so it is the same under ``--nproc N`` as in one process."""
-    return evaluate_sharded(learner, tasks, steps, eval_seed, blocks)
-
-
 def _ppo_curves(
     make_env: Callable[[], Any], tasks: Sequence[Task], budgets: Sequence[int], **kwargs: Any
 ) -> Any:
@@ -448,7 +432,7 @@ def compare_rl(spec: CompareSpec, device: torch.device, trust_code: bool = False
                 f"meta run {method.run!r} cannot be placed on the env-step axis: {err}"
             ) from None
         curve, seconds = _timed(
-            lambda exp=exp, steps=steps: _adaptation(
+            lambda exp=exp, steps=steps: evaluate_sharded(  # metarl evaluate's streams, any --nproc
                 exp.learner, tasks, steps, cfg.eval_seed, exp.config.run.eval_blocks
             )
         )
@@ -612,7 +596,7 @@ def compare_supervised(
         start = time.perf_counter()
         for k in budgets:
             learner.tasks = samplers[k]  # the learner reads its episodes' data through its sampler
-            rows.append(_adaptation(learner, episodes[k], steps, cfg.eval_seed).per_task[-1])
+            rows.append(evaluate_sharded(learner, episodes[k], steps, cfg.eval_seed).per_task[-1])
         seconds = time.perf_counter() - start
         say(f"  {name}: {seconds:.0f} s")
         curves.append(MethodCurve(name, paradigm, budgets, summarise(np.array(rows), metric), seconds))

@@ -7,11 +7,12 @@ half-width of a 95% Student-t confidence interval. Results serialise to JSON, Ma
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,28 +84,36 @@ class AdaptationCurve:
         return cls(data["metric"], list(data["mean"]), list(data["ci95"]), list(data["per_task"]))
 
 
+def summarise(values: Any, metric: str) -> AdaptationCurve:
+    """``[points, tasks]`` per-task values (a tensor, array or nested list) → an :class:`AdaptationCurve`:
+    per point, the mean over tasks and the half-width of its 95% confidence interval."""
+    values = torch.as_tensor(values, dtype=torch.float64).detach().cpu()
+    stats = [mean_ci95(row) for row in values]
+    return AdaptationCurve(metric, [m for m, _ in stats], [c for _, c in stats], values.tolist())
+
+
+@contextlib.contextmanager
+def _points_bar(num_tasks: int, points: int, show: bool) -> Iterator[Callable[[], Any] | None]:
+    """A progress bar over ``points`` evaluated points (on a terminal) when ``show``: its ``update``."""
+    if not show or points == 0:
+        yield None
+        return
+    from tqdm import tqdm
+
+    desc = f"evaluating {num_tasks} tasks"
+    with tqdm(total=points, desc=desc, unit="point", leave=False, disable=None) as bar:
+        yield bar.update
+
+
 def evaluate_adaptation(
     learner: MetaLearner[Any, Any], tasks: Sequence[Task], steps: int, progress: bool = False
 ) -> AdaptationCurve:
-    """Adapt ``learner`` to each of ``tasks`` for ``0..steps`` steps and summarise the metric per step
-    (``progress``: a progress bar over the ``steps + 1`` points)."""
-    if not progress:
-        curve = adaptation_curve(learner, tasks, steps)
-    else:
-        from tqdm import tqdm
-
-        desc = f"evaluating {len(tasks)} tasks"
-        with tqdm(
-            total=steps + 1, desc=desc, unit="point", leave=False, disable=None
-        ) as bar:  # on a terminal
-            curve = adaptation_curve(learner, tasks, steps, on_point=bar.update)
-    stats = [mean_ci95(row) for row in curve]
-    return AdaptationCurve(
-        metric=learner.metric_name,
-        mean=[m for m, _ in stats],
-        ci95=[c for _, c in stats],
-        per_task=curve.detach().cpu().double().tolist(),
-    )
+    """Adapt ``learner`` to each of ``tasks`` for ``0..steps`` steps, with the learner's own random
+    streams, and summarise the metric per step (``progress``: a progress bar over the ``steps + 1``
+    points)."""
+    with _points_bar(len(tasks), steps + 1, progress) as on_point:
+        curve = adaptation_curve(learner, tasks, steps, on_point=on_point)
+    return summarise(curve, learner.metric_name)
 
 
 def evaluate_sharded(
@@ -130,27 +139,15 @@ def evaluate_sharded(
     blocks = max(1, min(blocks, len(tasks)))
     mine = range(distributed.rank(), blocks, distributed.world_size())
     local: list[tuple[int, list[list[float]]]] = []
-    bar = None
-    if progress and len(mine):
-        from tqdm import tqdm
-
-        desc = f"evaluating {len(tasks)} tasks"
-        bar = tqdm(total=(steps + 1) * len(mine), desc=desc, unit="point", leave=False, disable=None)
-    try:
+    with _points_bar(len(tasks), (steps + 1) * len(mine), progress) as on_point:
         for b in mine:
             lo, hi = distributed.split_bounds(len(tasks), blocks, b)
             with evaluation_randomness(learner, distributed.stream_seed(seed, b)):
-                curve = adaptation_curve(learner, tasks[lo:hi], steps, on_point=bar.update if bar else None)
+                curve = adaptation_curve(learner, tasks[lo:hi], steps, on_point=on_point)
             local.append((b, curve.detach().cpu().double().tolist()))
-    finally:
-        if bar is not None:
-            bar.close()
     gathered = sorted(part for parts in distributed.all_gather_object(local) for part in parts)
     per_task = torch.cat([torch.tensor(values, dtype=torch.float64) for _, values in gathered], dim=1)
-    stats = [mean_ci95(row) for row in per_task]
-    return AdaptationCurve(
-        learner.metric_name, [m for m, _ in stats], [c for _, c in stats], per_task.tolist()
-    )
+    return summarise(per_task, learner.metric_name)
 
 
 def step_unit(learner: MetaLearner[Any, Any]) -> str:
