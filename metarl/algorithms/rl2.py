@@ -392,6 +392,7 @@ class RL2(MetaLearner[Segment, RL2State]):
         )
         log_probs, values, rewards, mask = (torch.empty(length, rows, device=dev) for _ in range(4))
         hidden, prev_action, prev_reward, segment = state
+        scale = self._value_scale()  # read once: no device-to-host copy per step
         for s in range(segments):
             obs = env.reset().reshape(rows, -1).float()
             new_episode = segment > 0 and segment % self.config.segments_per_episode == 0
@@ -400,7 +401,7 @@ class RL2(MetaLearner[Segment, RL2State]):
             for t in range(steps):
                 i = s * steps + t
                 x, head, value, hidden, action, executed = self.policy_step(
-                    obs, hidden, prev_action, prev_reward, flag, generator
+                    obs, hidden, prev_action, prev_reward, flag, generator, scale
                 )
                 shape = (env.num_tasks, env.envs_per_task) + (() if self.discrete else (self.action_dim,))
                 obs, reward, terminated, _ = env.step(executed.reshape(shape))
@@ -424,13 +425,17 @@ class RL2(MetaLearner[Segment, RL2State]):
         prev_reward: torch.Tensor,
         flag: torch.Tensor,
         generator: torch.Generator,
+        value_scale: tuple[float, float] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step of the recurrent policy for ``B`` trials: its input ``x = (o_t, a_{t−1}, r_{t−1}, d_t)``
         (``flag [B, 1]``: 1 on the first step of an episode after the first), the policy head, the value, the
-        next hidden state, the sampled action and the executed one (clipped to a Box's bounds)."""
+        next hidden state, the sampled action and the executed one (clipped to a Box's bounds).
+        ``value_scale``: :meth:`_value_scale`, read once per rollout by the caller (on a GPU each read is a
+        device-to-host copy); ``None`` reads it here."""
         x = torch.cat([obs, prev_action, prev_reward.unsqueeze(-1), flag], dim=-1)
         head, value, hidden = self.net(x.unsqueeze(0), hidden)
-        head, value = head.squeeze(0), self._denormalize(value.squeeze(0))
+        mean, std = self._value_scale() if value_scale is None else value_scale
+        head, value = head.squeeze(0), value.squeeze(0) * std + mean
         action = self.net.sample(head, generator)
         executed = (
             action
@@ -446,10 +451,6 @@ class RL2(MetaLearner[Segment, RL2State]):
             return 0.0, 1.0
         mean = mean_r / weight
         return mean, max(mean_sq / weight - mean * mean, 1e-4) ** 0.5
-
-    def _denormalize(self, value: torch.Tensor) -> torch.Tensor:
-        mean, std = self._value_scale()
-        return value * std + mean
 
     def _update_value_stats(self, returns: torch.Tensor) -> None:
         decay = self.config.value_norm_decay
