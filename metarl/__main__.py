@@ -3,6 +3,10 @@ rank)."""
 
 import sys
 
+from metarl import distributed
 from metarl.cli import main
 
-sys.exit(main())
+code = main()
+if distributed.launched():  # a rank of a torchrun job: leave the group, then skip interpreter teardown
+    distributed.exit_rank(code)
+sys.exit(code)

@@ -25,7 +25,7 @@ import datetime
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -410,3 +410,20 @@ def destroy() -> None:
     """Leave the process group (end of a run)."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End a torchrun rank whose command returned ``code``: leave the process group, flush stdout and
+    stderr, and exit without the interpreter's teardown (``os._exit``).
+
+    Gloo's worker threads can outlive :func:`destroy` while a Python object still references the group; the
+    interpreter's teardown then destroys their tensors without the GIL and the C++ runtime aborts the rank
+    ("terminate called without an active exception", SIGABRT) after its work is done and its files are
+    written — the launcher reports a failed job. Every file a command writes is closed before it returns
+    (checkpoints and reports atomically, TensorBoard's writer explicitly), so nothing is lost by skipping
+    the teardown. See pytorch/pytorch#179291.
+    """
+    destroy()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)

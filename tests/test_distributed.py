@@ -538,3 +538,21 @@ def test_compare_on_two_ranks_gives_the_single_process_curves(tmp_path: Path) ->
     assert list(outputs[1]) == list(outputs[2])
     for name, single in outputs[1].items():
         assert outputs[2][name]["per_task"] == single["per_task"], name
+
+
+def test_a_rank_ends_with_its_command_exit_code_and_its_whole_output() -> None:
+    """A torchrun rank (``WORLD_SIZE`` > 1) ends through ``os._exit`` after leaving the group, skipping the
+    interpreter teardown that can abort a gloo rank after its work is done: its exit code is the command's
+    and its buffered output reaches the pipe."""
+    import subprocess
+
+    env = {**_env(), "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    env.pop("PYTHONUNBUFFERED", None)  # stdout to a pipe is block-buffered, as under the launcher
+    single = subprocess.run(_metarl("list"), capture_output=True, text=True, env=_env(), timeout=120)
+    rank = subprocess.run(_metarl("list"), capture_output=True, text=True, env=env, timeout=120)
+    assert single.returncode == 0 and rank.returncode == 0
+    assert rank.stdout == single.stdout and len(rank.stdout.splitlines()) > 10
+    refused = subprocess.run(
+        _metarl("train", "no-such.toml"), capture_output=True, text=True, env=env, timeout=120
+    )
+    assert refused.returncode == 2 and refused.stderr.startswith("metarl: error:")
