@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ import numpy as np
 import torch
 
 from envs.base import Task, split_rng
+from metarl import atomic
 from metarl.core import TaskSampler
 from metarl.errors import ConfigError
 
@@ -375,9 +377,9 @@ def _omniglot_characters(root: Path, size: int, cache_dir: Path) -> tuple[np.nda
         )
     images = np.stack([np.stack(c) for c in per_char])
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, images=images, names=np.array(names))
-    os.replace(tmp, cache)
+    packed = io.BytesIO()
+    np.savez(packed, images=images, names=np.array(names))
+    atomic.write_bytes(cache, packed.getvalue())  # a temp file of its own: runs started together both write
     return images, names
 
 

@@ -81,6 +81,40 @@ def test_omniglot_vinyals_split_rotations_and_cache(omniglot_root: Path, tmp_pat
     assert len(train_plain) == 6
 
 
+def test_two_runs_decoding_omniglot_at_once_both_write_the_cache(
+    omniglot_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two runs started together decode the same folder and write the same cache file: each through a temp
+    file of its own (a shared temp name let the first rename take the second's file away)."""
+    import os
+    import threading
+
+    both_written = threading.Barrier(2, timeout=30)
+    rename = os.replace
+
+    def replace_when_both_wrote(src: str | Path, dst: str | Path) -> None:
+        both_written.wait()  # both temp files exist before either is renamed
+        rename(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_when_both_wrote)
+    loaded: list[torch.Tensor] = []
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            loaded.append(load_omniglot(omniglot_root, "vinyals", cache_dir=tmp_path)[0].images)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    runs = [threading.Thread(target=load) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join()
+    assert errors == [] and len(loaded) == 2 and torch.equal(loaded[0], loaded[1])
+    assert [p.name for p in tmp_path.iterdir()] == [next(tmp_path.glob("omniglot_28px_*.npz")).name]
+
+
 def test_omniglot_maml_and_lake_splits(omniglot_root: Path, tmp_path: Path) -> None:
     _, train, test, _ = load_omniglot(omniglot_root, "maml", cache_dir=tmp_path)
     assert len(train) == 9 * 4 and len(test) == 0  # fewer than 1200 characters: all train here
