@@ -414,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         if not distributed.lost_peer(exc):
             raise
         print(f"metarl: error: rank {distributed.rank()}: {distributed.lost_peer(exc)}", file=sys.stderr)
-        return 1
+        return distributed.LOST_PEER_EXIT
     return 0
 
 

@@ -41,6 +41,9 @@ Generators = Sequence[torch.Generator | np.random.Generator]
 #: environment variable: seconds a collective waits for its peers before the rank fails
 TIMEOUT_ENV = "METARL_COLLECTIVE_TIMEOUT_S"
 
+#: exit code of a rank that stopped because another rank of the job died or hung (not the cause)
+LOST_PEER_EXIT = 4
+
 
 def launched() -> bool:
     """Whether this process was started by torchrun with more than one rank (``WORLD_SIZE`` > 1)."""
@@ -361,9 +364,21 @@ def _collective_device() -> torch.device:
 def lost_peer(exc: BaseException) -> str:
     """What a collective's error says when a peer process died or hung (``""`` for any other error)."""
     text = str(exc)
-    if isinstance(exc, dist.DistError) or "closed by peer" in text or "Timed out" in text:
+    gone = ("closed by peer", "Connection reset by peer", "Broken pipe", "Timed out")
+    if isinstance(exc, dist.DistError) or any(words in text for words in gone):
         return "another process of the job stopped or stopped answering; the job ends (see its own message)"
     return ""
+
+
+def _blame(rank: int, failure: Any) -> tuple[int, float, int]:
+    """Sort key of a failed rank, the cause first: a rank that failed on its own, then one the launcher
+    stopped (SIGTERM: it stops the rest of the job when one rank fails), then one that stopped because its
+    peer was gone (:data:`LOST_PEER_EXIT`); the earliest within each (timestamps have one-second resolution
+    when a rank left no error file, so the rank breaks ties)."""
+    import signal
+
+    order = {LOST_PEER_EXIT: 2, -signal.SIGTERM: 1}.get(failure.exitcode, 0)
+    return order, failure.timestamp, rank
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
@@ -387,7 +402,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     try:
         run(parse_args(torchrun))
     except ChildFailedError as exc:
-        failed_rank, failure = exc.get_first_failure()
+        failed_rank, failure = min(exc.failures.items(), key=lambda item: _blame(*item))
         if failure.exitcode < 0:
             how = f"was killed by {failure.signal_name()}"
         elif failure.exitcode in (2, 3):  # a metarl error: the rank printed it

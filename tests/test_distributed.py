@@ -556,3 +556,22 @@ def test_a_rank_ends_with_its_command_exit_code_and_its_whole_output() -> None:
         _metarl("train", "no-such.toml"), capture_output=True, text=True, env=env, timeout=120
     )
     assert refused.returncode == 2 and refused.stderr.startswith("metarl: error:")
+
+
+def test_the_launcher_blames_the_rank_that_failed_not_the_ranks_stopped_after_it() -> None:
+    """torchrun SIGTERMs the other ranks once one fails, and a rank whose peer vanished exits with
+    LOST_PEER_EXIT; both can carry the same one-second timestamp as the cause, and a lower rank."""
+    import signal
+    from types import SimpleNamespace
+
+    failures = {
+        0: SimpleNamespace(exitcode=-signal.SIGTERM, timestamp=100),
+        1: SimpleNamespace(exitcode=-signal.SIGKILL, timestamp=100),
+        2: SimpleNamespace(exitcode=distributed.LOST_PEER_EXIT, timestamp=99),
+    }
+    assert min(failures.items(), key=lambda item: distributed._blame(*item))[0] == 1
+    del failures[1]
+    assert min(failures.items(), key=lambda item: distributed._blame(*item))[0] == 0  # SIGTERM by a user
+    gone = RuntimeError("[pair.cc:537] Read error [127.0.0.1]:19141: Connection reset by peer")
+    assert distributed.lost_peer(gone)
+    assert not distributed.lost_peer(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
