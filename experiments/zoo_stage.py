@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.copy2(src / "checkpoints" / name, entry / "checkpoints" / name)
         if (src / "eval").is_dir():
             shutil.copytree(src / "eval", entry / "eval", dirs_exist_ok=True)
+        if (src / "amendments.jsonl").is_file():  # config changes between stages (`train --amend`)
+            shutil.copy2(src / "amendments.jsonl", entry / "amendments.jsonl")
     with tempfile.TemporaryDirectory() as tmp:
         thin_tensorboard(src / "tb", Path(tmp) / "tb", args.tb_points)
         shutil.rmtree(entry / "tb", ignore_errors=True)

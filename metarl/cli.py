@@ -61,6 +61,13 @@ def _parser() -> argparse.ArgumentParser:
         help="continue the run in --run-dir from its last checkpoint (default: off, start a new run)",
     )
     train.add_argument(
+        "--amend",
+        action="store_true",
+        help="with --resume: continue under changed config values (e.g. a step-size schedule), each change "
+        "recorded in the run dir's amendments.jsonl; the run then equals no uninterrupted run (default: "
+        "off, a resume must keep the run's config)",
+    )
+    train.add_argument(
         "--nproc",
         type=int,
         default=1,
@@ -191,6 +198,8 @@ def _train(args: argparse.Namespace) -> None:
     from metarl import config as cfg
     from metarl import run
 
+    if args.amend and not args.resume:
+        raise MetarlError("--amend changes the config of a resumed run: pass it with --resume --run-dir DIR")
     if args.config is None:
         if not (args.resume and args.run_dir):
             raise MetarlError(
@@ -209,7 +218,7 @@ def _train(args: argparse.Namespace) -> None:
         overrides.append(f"data.root={json.dumps(args.data_root)}")
     if args.resume and args.run_dir is None:
         raise MetarlError("--resume needs --run-dir DIR (the run to continue)")
-    run.train(cfg.resolve(raw, overrides), args.run_dir, resume=args.resume)
+    run.train(cfg.resolve(raw, overrides), args.run_dir, resume=args.resume, amend=args.amend)
 
 
 def _evaluate(args: argparse.Namespace) -> None:

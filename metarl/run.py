@@ -8,6 +8,7 @@ A run directory holds::
     tb/                TensorBoard events (x-axis: environment steps)
     checkpoints/latest.pt, checkpoints/best.pt
     eval/              written by `metarl evaluate`
+    amendments.jsonl   config changes made by `metarl train --resume --amend` (only if any)
 
     .lock              the writer lock (flock; holds the writer's PID)
 
@@ -16,7 +17,10 @@ optimiser and every random generator are restored, and whatever the killed run l
 checkpoint is dropped, so the final metrics equal those of an uninterrupted run (CPU, same seed). The
 config must be the run's own, except that ``run.iterations`` may grow (a finished run is extended) and the
 evaluation / checkpoint cadence and thread count may change. Evaluation reseeds the learner's generators
-(:func:`metarl.core.evaluation_randomness`), so the cadence never changes training.
+(:func:`metarl.core.evaluation_randomness`), so the cadence never changes training. ``amend=True``
+(``--amend``) continues a run under other values of its other keys too — a step-size schedule changed
+between stages, say — and records each change in ``amendments.jsonl``; such a run is no longer equal to an
+uninterrupted run of either config, which is what the file says.
 
 Reliability: one writer per run dir (an OS lock), every file written atomically, every check of a resume
 done before anything changes, a checkpoint at iteration 0, and a stop with exit code 3 at the first
@@ -64,6 +68,7 @@ from metarl.families import tasks_document, tasks_from_document
 from metarl.logger import Logger, config_table, rows_up_to
 
 CONFIG_FILE, TASKS_FILE, METRICS_FILE = "config.json", "tasks.json", "metrics.jsonl"
+AMENDMENTS_FILE = "amendments.jsonl"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -108,8 +113,9 @@ def _is_empty(run_dir: Path) -> bool:
     return all(p.name == LOCK_FILE or p.name.endswith(atomic.TMP_SUFFIX) for p in run_dir.iterdir())
 
 
-def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None:
-    """Refuse, before writing anything, a run dir that would be overwritten or resumed wrongly."""
+def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool, amend: bool = False) -> list[str]:
+    """Refuse, before writing anything, a run dir that would be overwritten or resumed wrongly; returns the
+    keys an amended resume (``amend``) changes."""
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"run dir {str(run_dir)!r} exists and is not a directory")
     if not resume:
@@ -124,7 +130,7 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
                 f"run dir {str(run_dir)!r} already exists and is not empty; "
                 "pass --resume to continue it or choose another --run-dir"
             )
-        return
+        return []
     saved = read_config(run_dir, "cannot resume")
     # keys the saved config lacks were added to metarl after the run was written: they take their defaults
     changed = [key for key in diff(saved, config.to_dict()) if _has_key(saved, key)]
@@ -134,11 +140,38 @@ def check_run_dir(run_dir: Path, config: ExperimentConfig, resume: bool) -> None
     saved_iterations = saved.get("run", {}).get("iterations") if isinstance(saved.get("run"), dict) else None
     if isinstance(saved_iterations, int) and config.run.iterations < saved_iterations:
         changed.append("run.iterations")  # a budget is only ever extended
-    if changed:
-        raise RunDirError(
-            f"cannot resume {str(run_dir)!r}: its config differs in {', '.join(changed)}; "
-            "resume with the same config (or omit CONFIG to use the run's own)"
+    fixed = [key for key in changed if key in UNAMENDABLE]
+    if fixed or (changed and not amend):
+        keys = fixed or changed
+        how = (
+            "these keys define the run's task streams, held-out tasks and generators, and are never amended"
+            if fixed
+            else "resume with the same config (or omit CONFIG to use the run's own), or pass --amend to "
+            f"continue under the new values (recorded in {AMENDMENTS_FILE})"
         )
+        raise RunDirError(f"cannot resume {str(run_dir)!r}: its config differs in {', '.join(keys)}; {how}")
+    return changed
+
+
+def _record_amendments(
+    run_dir: Path, old: dict[str, Any], new: dict[str, Any], keys: Sequence[str], iteration: int
+) -> None:
+    """Append one line per amended key to ``amendments.jsonl`` (atomically: the file is rewritten whole)."""
+
+    def value(config: dict[str, Any], dotted: str) -> Any:
+        for part in dotted.split("."):
+            config = config.get(part) if isinstance(config, dict) else None
+        return config
+
+    path = run_dir / AMENDMENTS_FILE
+    lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
+    stamp = datetime.now().isoformat(timespec="seconds")
+    for key in keys:
+        row = {"iteration": iteration, "key": key, "old": value(old, key), "new": value(new, key)}
+        row["time"] = stamp
+        lines.append(json.dumps(row) + "\n")
+        print(f"note: {key} {row['old']!r} -> {row['new']!r} from iteration {iteration} (--amend, {path})")
+    atomic.write_text(path, "".join(lines))
 
 
 def read_config(run_dir: Path, what: str) -> dict[str, Any]:
@@ -192,6 +225,12 @@ RESUMABLE_CHANGES = frozenset(
         "run.num_threads",
         "algo.fused_gru",
     }
+)
+#: keys no ``--amend`` changes: the meta-training task stream and the generators' device (``run.seed``,
+#: ``run.device``), the held-out tasks in ``tasks.json`` (``run.eval_tasks``, ``run.eval_seed``), the learner
+#: (``algo.name``) and the task family (``env.id``, ``data.dataset``).
+UNAMENDABLE = frozenset(
+    {"run.seed", "run.device", "run.eval_tasks", "run.eval_seed", "algo.name", "env.id", "data.dataset"}
 )
 LOCK_FILE = ".lock"
 
@@ -331,7 +370,9 @@ def _diverged(exc: Exception, learner: MetaLearner[Any, Any]) -> bool:
     return checkpoint.first_non_finite(learner.state_dict()) is not None
 
 
-def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False) -> Path:
+def train(
+    config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, amend: bool = False
+) -> Path:
     """Meta-train as ``config`` says; returns the run directory.
 
     Every check happens before the run dir changes: the config (and, on resume, its difference to the
@@ -339,6 +380,7 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
     into the learner), ``tasks.json`` and ``metrics.jsonl``. A new run writes ``checkpoints/latest.pt`` at
     iteration 0, so a run killed at any point resumes. Raises :class:`NonFiniteError` (exit 3) at the first
     non-finite metric or parameter, leaving the metrics and checkpoints of the last finite iteration.
+    ``amend`` lets a resume change the config's other keys (:func:`check_run_dir`, ``amendments.jsonl``).
     """
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     joined = not distributed.in_group()  # a caller that joined the process group (compare) keeps it
@@ -351,7 +393,7 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
         if joined:
             distributed.destroy()
         return run_dir
-    check_run_dir(run_dir, config, resume)
+    amended = check_run_dir(run_dir, config, resume, amend)
     source = config.env.id if config.env is not None else config.data.dataset
     unit = "env steps" if config.env is not None else "examples"
     ranks = f" on {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
@@ -399,6 +441,9 @@ def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = 
         # every check passed: from here on the run dir changes
         _claim_lock(lock)
         atomic.remove_stale_temporaries(run_dir)
+        if amended:
+            old = read_config(run_dir, "cannot resume")
+            _record_amendments(run_dir, old, config.to_dict(), amended, iteration)
         saved = json.dumps(config.to_dict(), indent=2) + "\n"
         config_path = run_dir / CONFIG_FILE
         if not config_path.is_file() or config_path.read_text() != saved:

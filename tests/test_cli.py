@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import run_cli
 
 REQUIRED_TAGS = {
@@ -172,6 +173,38 @@ def test_bad_inputs_exit_2_with_one_line(trained_run: Path, tiny_config, tmp_pat
     for args, pattern in cases:
         one_clean_line(run_cli(*args), pattern)
     assert snapshot(trained_run) == before
+
+
+def test_amend_continues_a_run_under_a_changed_schedule_and_records_it(tiny_config, tmp_path: Path) -> None:
+    """``--resume --amend``: a changed algorithm key takes effect from the checkpoint on and is written to
+    amendments.jsonl; without ``--amend`` it is refused; the keys that define the run never change."""
+    import shutil
+
+    plain, amended = tmp_path / "plain", tmp_path / "amended"
+    assert run_cli("train", str(tiny_config(iterations=2)), "--run-dir", str(plain)).returncode == 0
+    shutil.copytree(plain, amended)
+    extend = ("--resume", "--set", "run.iterations=3")
+    assert run_cli("train", "--run-dir", str(plain), *extend).returncode == 0
+    change = ("--set", "algo.inner_lr=0.5")
+    one_clean_line(run_cli("train", "--run-dir", str(amended), *extend, *change), "pass --amend")
+    one_clean_line(run_cli("train", "--run-dir", str(amended), "--amend", *change), "with --resume")
+    one_clean_line(
+        run_cli("train", "--run-dir", str(amended), *extend, "--amend", "--set", "run.seed=5"),
+        "differs in run.seed; these keys define",
+    )
+    assert not (amended / "amendments.jsonl").exists()
+    proc = run_cli("train", "--run-dir", str(amended), *extend, *change, "--amend")
+    assert proc.returncode == 0, proc.stderr
+    assert "algo.inner_lr" in proc.stdout and "from iteration 2" in proc.stdout
+    rows = [json.loads(line) for line in (amended / "amendments.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["key"], r["new"]) for r in rows] == [(2, "algo.inner_lr", 0.5)]
+    assert rows[0]["old"] != 0.5
+    assert json.loads((amended / "config.json").read_text())["algo"]["inner_lr"] == 0.5
+    before, after = learning_metrics(plain / "metrics.jsonl"), learning_metrics(amended / "metrics.jsonl")
+    assert before[:2] == after[:2]  # the checkpointed past is untouched
+    ckpts = [torch.load(d / "checkpoints" / "latest.pt", weights_only=True) for d in (plain, amended)]
+    weights = [ckpt["learner"]["policy"] for ckpt in ckpts]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the new step size acted
 
 
 def test_corrupted_checkpoint_is_refused(trained_run: Path, tmp_path: Path) -> None:
