@@ -157,18 +157,12 @@ def _record_amendments(
     run_dir: Path, old: dict[str, Any], new: dict[str, Any], keys: Sequence[str], iteration: int
 ) -> None:
     """Append one line per amended key to ``amendments.jsonl`` (atomically: the file is rewritten whole)."""
-
-    def value(config: dict[str, Any], dotted: str) -> Any:
-        for part in dotted.split("."):
-            config = config.get(part) if isinstance(config, dict) else None
-        return config
-
     path = run_dir / AMENDMENTS_FILE
     lines = path.read_text().splitlines(keepends=True) if path.is_file() else []
     stamp = datetime.now().isoformat(timespec="seconds")
     for key in keys:
-        row = {"iteration": iteration, "key": key, "old": value(old, key), "new": value(new, key)}
-        row["time"] = stamp
+        before, after = _value_at(old, key), _value_at(new, key)
+        row = {"iteration": iteration, "key": key, "old": before, "new": after, "time": stamp}
         lines.append(json.dumps(row) + "\n")
         print(f"note: {key} {row['old']!r} -> {row['new']!r} from iteration {iteration} (--amend, {path})")
     atomic.write_text(path, "".join(lines))
@@ -235,13 +229,21 @@ UNAMENDABLE = frozenset(
 LOCK_FILE = ".lock"
 
 
-def _has_key(config: dict[str, Any], dotted: str) -> bool:
+_MISSING = object()
+
+
+def _value_at(config: dict[str, Any], dotted: str) -> Any:
+    """The value of a dotted key (``"algo.lr"``) in a config dict, or ``_MISSING``."""
     node: Any = config
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
+            return _MISSING
         node = node[part]
-    return True
+    return node
+
+
+def _has_key(config: dict[str, Any], dotted: str) -> bool:
+    return _value_at(config, dotted) is not _MISSING
 
 
 def lock_run_dir(run_dir: Path) -> int:
