@@ -110,10 +110,17 @@ def test_separate_value_network_keeps_the_value_gradient_off_the_policy() -> Non
     torch.testing.assert_close(last2, last, atol=1e-6, rtol=1e-5)
 
 
+def test_the_value_network_is_separate_by_default() -> None:
+    """The paper's (and lucaslingle/pytorch_rl2's) setup, and the winner of rl2_report.md's long runs."""
+    assert RL2Config().value_network == "separate"
+    _, learner = build(bandit_env(), episodes_per_trial=1, hidden_size=8)
+    assert learner.net.value_gru is not None and learner.net.state_size == 16
+
+
 def test_shared_value_network_is_one_gru_feeding_both_heads() -> None:
     """``value_network = "shared"`` is the network metarl trained before the option existed: the same
     initial weights for a seed (the value GRU is created last) and one ``nn.GRU`` under both heads."""
-    _, shared = build(bandit_env(), episodes_per_trial=1, hidden_size=8)
+    _, shared = build(bandit_env(), episodes_per_trial=1, hidden_size=8, value_network="shared")
     _, separate = build(bandit_env(), episodes_per_trial=1, hidden_size=8, value_network="separate")
     assert shared.net.value_gru is None and shared.net.state_size == 8
     for name, value in shared.net.state_dict().items():
@@ -131,7 +138,12 @@ def test_shared_value_network_reproduces_the_learner_before_the_option() -> None
     """Two PPO updates with a fixed seed give the numbers the learner gave before ``value_network`` existed
     (recorded with commit dcb083f's rl2.py; equal bit for bit on the machine that recorded them)."""
     sampler, learner = build(
-        bandit_env(5, 10), episodes_per_trial=1, segments_per_episode=5, hidden_size=8, meta_batch_size=32
+        bandit_env(5, 10),
+        episodes_per_trial=1,
+        segments_per_episode=5,
+        hidden_size=8,
+        meta_batch_size=32,
+        value_network="shared",
     )
     rng = np.random.default_rng(0)
     recorded = [
@@ -173,12 +185,12 @@ def test_hidden_state_carried_across_episodes_and_reset_between_trials() -> None
     torch.testing.assert_close(prev_reward, segments[0].rewards[-1])  # r_{t-1} crosses the episode end
     # One GRU pass over the whole trial from a zero state reproduces every episode's policy and values:
     # the hidden state at the start of episode k is the one episode k − 1 ended with.
-    head, values, _ = learner.net(inputs, torch.zeros(inputs.shape[1], 16))
+    head, values, _ = learner.net(inputs, torch.zeros(inputs.shape[1], learner.net.state_size))
     log_probs, _ = learner.net.log_prob_entropy(head, torch.cat([t.actions for t in segments]))
     torch.testing.assert_close(log_probs, torch.cat([t.log_probs for t in segments]), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(values, torch.cat([t.values for t in segments]), atol=1e-5, rtol=1e-5)
     # Starting the episode from a zero state instead changes the policy: the carried state matters.
-    fresh_head, _, _ = learner.net(segments[1].inputs, torch.zeros(inputs.shape[1], 16))
+    fresh_head, _, _ = learner.net(segments[1].inputs, torch.zeros(inputs.shape[1], learner.net.state_size))
     assert not torch.allclose(fresh_head, head[steps : 2 * steps], atol=1e-4)
     # A new trial starts from zero again (and, with the same seed, repeats the first trial's evaluation).
     again = learner.initial(tasks)
